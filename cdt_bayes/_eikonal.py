@@ -209,17 +209,23 @@ def _mnorm2(v, m):
 
 
 class _Local(NamedTuple):
-    """Velocity-dependent per-(tet, local vertex) constants of the local update."""
+    """Velocity-dependent per-(tet, local vertex) constants of the local update.
 
-    e: jax.Array  # (m, 4, 3, 3): x_i − x_j for the three other vertices j
-    ainv: jax.Array  # (m, 4, 2, 2): inverse of EᵀME for the opposite face
-    w: jax.Array  # (m, 4, 2): A⁻¹ b
+    Component-first layout (every array ends in ``(n_tets, 4)``) so that the sweep is one
+    fused elementwise loop.
+    """
+
+    a00: jax.Array  # (m, 4): symmetric inverse of A = EᵀME for the opposite face
+    a01: jax.Array
+    a11: jax.Array
+    w0: jax.Array  # (m, 4): A⁻¹ b
+    w1: jax.Array
     r: jax.Array  # (m, 4): c − bᵀA⁻¹b, squared M-distance to the face plane
     face_ok: jax.Array  # (m, 4) bool
-    e_inva: jax.Array  # (m, 4, 3): 1/A for the three edges
-    e_mu0: jax.Array  # (m, 4, 3): b/A
-    e_r: jax.Array  # (m, 4, 3): c − b²/A
-    vnorm: jax.Array  # (m, 4, 3): ‖x_i − x_j‖_M
+    e_inva: jax.Array  # (3, m, 4): 1/A for the three edges
+    e_mu0: jax.Array  # (3, m, 4): b/A
+    e_r: jax.Array  # (3, m, 4): c − b²/A
+    vnorm: jax.Array  # (3, m, 4): ‖x_i − x_j‖_M
 
 
 def _local_constants(geom: EikonalGeometry, metric) -> _Local:
@@ -236,14 +242,14 @@ def _local_constants(geom: EikonalGeometry, metric) -> _Local:
     b = jnp.einsum("tlia,tli->tla", me, ec)  # (m, 4, 2)
     c = _mnorm2(ec, m)
     det = a[..., 0, 0] * a[..., 1, 1] - a[..., 0, 1] * a[..., 1, 0]
-    scale = a[..., 0, 0] * a[..., 1, 1]
-    face_ok = det > 1e-6 * scale
+    face_ok = det > 1e-6 * a[..., 0, 0] * a[..., 1, 1]
     det_safe = jnp.where(face_ok, det, 1.0)
-    ainv = jnp.stack(
-        [jnp.stack([a[..., 1, 1], -a[..., 0, 1]], -1), jnp.stack([-a[..., 1, 0], a[..., 0, 0]], -1)], -2
-    ) / det_safe[..., None, None]
-    w = jnp.einsum("tlab,tlb->tla", ainv, b)
-    r = jnp.maximum(c - jnp.einsum("tla,tla->tl", b, w), 0.0)
+    a00 = a[..., 1, 1] / det_safe
+    a01 = -a[..., 0, 1] / det_safe
+    a11 = a[..., 0, 0] / det_safe
+    w0 = a00 * b[..., 0] + a01 * b[..., 1]
+    w1 = a01 * b[..., 0] + a11 * b[..., 1]
+    r = jnp.maximum(c - b[..., 0] * w0 - b[..., 1] * w1, 0.0)
     # Edges (p, r): y(μ) = e_r − μ (e_r − e_p).
     ep = e[:, :, _EDGES[:, 0]]  # (m, 4, 3, 3)
     er = e[:, :, _EDGES[:, 1]]
@@ -255,57 +261,79 @@ def _local_constants(geom: EikonalGeometry, metric) -> _Local:
     mu0 = b1 * inva
     r1 = jnp.maximum(c1 - b1 * mu0, 0.0)
     vnorm = _safe_sqrt(_mnorm2(e, mm))
-    return _Local(e, ainv, w, r, face_ok, inva, mu0, r1, vnorm)
+    cf = lambda v: jnp.moveaxis(v, -1, 0)  # noqa: E731
+    return _Local(a00, a01, a11, w0, w1, r, face_ok, cf(inva), cf(mu0), cf(r1), cf(vnorm))
 
 
-def _candidates(loc: _Local, t_oth):
+def _gather_others(geom: EikonalGeometry, t):
+    """Times of the three other vertices of every (tet, local vertex): (3, n_tets, 4)."""
+    tt = t[geom.tets]
+    return jnp.stack([tt[:, _OTHERS[:, j]] for j in range(3)])
+
+
+def _candidates(loc: _Local, t_oth, with_weights: bool = True):
     """All 7 candidate values per (tet, local vertex) and their interpolation weights.
+
+    Written with explicit component arithmetic (no small einsums) so that XLA fuses
+    the whole update into one elementwise loop.
 
     Parameters
     ----------
     loc : _Local
-    t_oth : (n_tets, 4, 3)
-        Current times of the three other vertices.
+    t_oth : (3, n_tets, 4)
+        Current times of the three other vertices (a, b, c).
+    with_weights : bool
+        Also return the weights (only needed to build the adjoint).
 
     Returns
     -------
-    vals : (n_tets, 4, 7)
+    vals : (7, n_tets, 4)
         Face, 3 edges, 3 vertices; invalid candidates are ``_BIG``.
-    lam : (n_tets, 4, 7, 3)
+    lam : (7, 3, n_tets, 4), only when ``with_weights``
         Weights of the other three vertices in each candidate.
     """
     big = jnp.asarray(_BIG, t_oth.dtype)
+    ta, tb, tc = t_oth[0], t_oth[1], t_oth[2]
     # Face.
-    delta = jnp.stack([t_oth[..., 0] - t_oth[..., 2], t_oth[..., 1] - t_oth[..., 2]], -1)
-    u = jnp.einsum("tlab,tlb->tla", loc.ainv, delta)
-    s = jnp.sum(delta * u, -1)
+    d0, d1 = ta - tc, tb - tc
+    u0 = loc.a00 * d0 + loc.a01 * d1
+    u1 = loc.a01 * d0 + loc.a11 * d1
+    s = d0 * u0 + d1 * u1
     ok = loc.face_ok & (s < 1.0)
-    q = loc.r / jnp.where(ok, 1.0 - s, 1.0)
-    sq = _safe_sqrt(q)
-    lab = loc.w - sq[..., None] * u
-    lc = 1.0 - lab[..., 0] - lab[..., 1]
-    ok = ok & (lab[..., 0] >= 0) & (lab[..., 1] >= 0) & (lc >= 0)
-    fval = jnp.where(ok, t_oth[..., 2] + jnp.sum(lab * delta, -1) + sq, big)
-    flam = jnp.stack([lab[..., 0], lab[..., 1], lc], -1)
-    # Edges.
-    tp = t_oth[..., _EDGES[:, 0]]
-    tr = t_oth[..., _EDGES[:, 1]]
+    sq = _safe_sqrt(loc.r / jnp.where(ok, 1.0 - s, 1.0))
+    l0 = loc.w0 - sq * u0
+    l1 = loc.w1 - sq * u1
+    lc = 1.0 - l0 - l1
+    ok = ok & (l0 >= 0) & (l1 >= 0) & (lc >= 0)
+    fval = jnp.where(ok, tc + l0 * d0 + l1 * d1 + sq, big)
+    # Edges (a, c), (b, c), (a, b).
+    tp = jnp.stack([ta, tb, ta])
+    tr = jnp.stack([tc, tc, tb])
     de = tp - tr
     s1 = de * de * loc.e_inva
     ok1 = s1 < 1.0
-    q1 = loc.e_r / jnp.where(ok1, 1.0 - s1, 1.0)
-    sq1 = _safe_sqrt(q1)
+    sq1 = _safe_sqrt(loc.e_r / jnp.where(ok1, 1.0 - s1, 1.0))
     mu = loc.e_mu0 - sq1 * de * loc.e_inva
     ok1 = ok1 & (mu >= 0) & (mu <= 1)
     evals = jnp.where(ok1, tr + mu * de + sq1, big)
-    onehot = jnp.eye(3, dtype=t_oth.dtype)
-    elam = mu[..., None] * onehot[_EDGES[:, 0]] + (1.0 - mu[..., None]) * onehot[_EDGES[:, 1]]
     # Vertices.
     vvals = t_oth + loc.vnorm
-    vlam = jnp.broadcast_to(onehot, vvals.shape + (3,))
-    vals = jnp.concatenate([fval[..., None], evals, vvals], -1)
-    vals = jnp.minimum(vals, big)
-    lam = jnp.concatenate([flam[..., None, :], elam, vlam], -2)
+    vals = jnp.minimum(jnp.concatenate([fval[None], evals, vvals]), big)
+    if not with_weights:
+        return vals
+    zero = jnp.zeros_like(l0)
+    one = jnp.ones_like(l0)
+    lam = jnp.stack(
+        [
+            jnp.stack([l0, l1, lc]),
+            jnp.stack([mu[0], zero, 1.0 - mu[0]]),
+            jnp.stack([zero, mu[1], 1.0 - mu[1]]),
+            jnp.stack([mu[2], 1.0 - mu[2], zero]),
+            jnp.stack([one, zero, zero]),
+            jnp.stack([zero, one, zero]),
+            jnp.stack([zero, zero, one]),
+        ]
+    )
     return vals, lam
 
 
@@ -343,9 +371,7 @@ def _sources(geom, params, metric, radius=0.0):
 
 
 def _sweep(geom, loc, t):
-    t_oth = t[geom.tets][:, _OTHERS]  # (m, 4, 3)
-    vals, _ = _candidates(loc, t_oth)
-    best = vals.min(-1)
+    best = _candidates(loc, _gather_others(geom, t), with_weights=False).min(0)
     return t.at[geom.tets].min(best)
 
 
@@ -384,11 +410,10 @@ def _winners(geom, params, loc, metric, t, radius):
     m = geom.tets.shape[0]
     n = geom.nodes.shape[0]
     k = params.pmj_t.shape[0]
-    t_oth = t[geom.tets][:, _OTHERS]
-    vals, lam = _candidates(loc, t_oth)
-    kind = jnp.argmin(vals, -1)  # (m, 4)
-    best = jnp.take_along_axis(vals, kind[..., None], -1)[..., 0]
-    blam = jnp.take_along_axis(lam, kind[..., None, None], -2)[..., 0, :]  # (m, 4, 3)
+    vals, lam = _candidates(loc, _gather_others(geom, t))
+    kind = jnp.argmin(vals, 0)  # (m, 4)
+    best = jnp.take_along_axis(vals, kind[None], 0)[0]
+    blam = jnp.moveaxis(jnp.take_along_axis(lam, kind[None, None], 0)[0], 0, -1)  # (m, 4, 3)
     sidx, sval, stet = _sources(geom, params, metric, radius)
     n_src = sidx.shape[1]
     entry_node = jnp.concatenate([geom.tets.reshape(-1), sidx.reshape(-1)])
@@ -402,7 +427,7 @@ def _winners(geom, params, loc, metric, t, radius):
     from_tet = win < 4 * m
     wt = jnp.where(from_tet, win, 0)
     e_t, e_l = wt // 4, wt % 4
-    parents = geom.tets[e_t[:, None], _OTHERS[e_l]]  # (n, 3)
+    parents = geom.tets[e_t[:, None], jnp.asarray(_OTHERS)[e_l]]  # (n, 3)
     weights = jnp.where(from_tet[:, None], blam[e_t, e_l], 0.0)
     ws = jnp.where(from_tet, 0, win - 4 * m)
     src = jnp.where(from_tet, -1, ws // n_src)
