@@ -1,0 +1,484 @@
+"""The Bayesian model: PMJs in the subendocardial layer → activation → ECG (NumPyro).
+
+Fast path ("distance dictionary", used inside every log-density gradient)
+-------------------------------------------------------------------------
+With the anisotropy ratio fixed, the activation from K PMJs is
+
+    T(x) = softmin_k [ t_k + d(p_k, x) / s ]
+
+where ``d(p, x)`` is the anisotropic geodesic travel time (ms at the base velocities
+``cv_fiber, cv_cross``) and ``s`` a global velocity factor (exact: scaling both
+velocities by ``s`` divides every travel time by ``s``). ``d`` is precomputed with the
+tetrahedral eikonal solver (:mod:`cdt_bayes._eikonal`) from a set of *sites* — a
+~``site_spacing_mm`` subsample of the admissible nodes — to every node, and evaluated at
+a continuous PMJ position ``z`` by Gaussian-kernel interpolation over the sites,
+``w = softmax(−|z − x_s|² / 2h²)``, in *factored* form:
+
+    d(z, x) = ‖x − z‖_{M(z)} + Σ_s w_s(z) R[s, x],   R[s, x] = D[s, x] − ‖x − x_s‖_{M_s}
+
+The straight-line term (metric ``M = D⁻¹`` of the sites, kernel-averaged) carries the
+cone singularity at the PMJ exactly; only the smooth residual ``R`` (detours around the
+cavities, fibre rotation) is interpolated. This keeps the activation near each PMJ exact
+on a coarse site set (~6 mm), smooth everywhere, with no neighbour-set kinks. ``softmin`` with temperature ``τ`` is within ``τ log K`` of the
+exact minimum. The full eikonal (exact min, inferred velocity fields) is kept for
+precomputation and verification (``tests/test_model.py`` checks the two agree).
+
+Prior on PMJ positions
+----------------------
+``z_k`` has the density of a Gaussian mixture centred on the admissible nodes (sd
+``prior_kernel_mm``): a smooth
+version of "uniform over the admissible layer" whose gradient never vanishes away from
+it — what NUTS needs — and which is sampled exactly (prior predictive, SBC). The
+constraint is therefore soft: PMJs sit within ~``layer_depth_mm + prior_kernel_mm`` of
+the endocardium. With ``constrain_to_layer = false`` every node is admissible.
+
+Sample sites: ``pmj_xyz_mm (n_pmj, 3)``, ``pmj_t_ms (n_pmj,)``, ``cv_scale``, ``gain``,
+``shift_ms``, ``sigma_mV`` and the observed ``ecg (n_leads, n_times)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.resources
+import math
+import tomllib
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from numpyro.distributions import constraints
+
+from ._errors import SpecError
+from ._geometry import Mesh, admissible_sites
+
+__all__ = [
+    "ModelSpec",
+    "ModelData",
+    "LayerPrior",
+    "load_spec",
+    "list_specs",
+    "select_sites",
+    "admissible_nodes",
+    "distance_dictionary",
+    "dictionary_activation",
+    "node_metric",
+    "straight_travel_time",
+    "cdt_model",
+]
+
+
+# --------------------------------------------------------------------------------------
+# Specs
+# --------------------------------------------------------------------------------------
+_SCHEMA: dict[str, dict[str, type | tuple]] = {
+    "model": {"name": str, "description": str, "n_pmj": int, "likelihood": str, "student_nu": float},
+    "pmj": {
+        "constrain_to_layer": bool,
+        "layer_depth_mm": float,
+        "site_spacing_mm": float,
+        "kernel_mm": float,
+        "prior_kernel_mm": float,
+        "t_max_ms": float,
+    },
+    "conduction": {"cv_fiber": float, "cv_cross": float, "infer_scale": bool, "scale_log_sd": float},
+    "ecg": {"leads": (str, list), "dt_ms": float, "softmin_tau_ms": float},
+    "priors": {"gain_log_sd": float, "shift_sd_ms": float, "noise_rel_scale": float},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A validated model specification (see ``models/default.toml`` for meanings/units)."""
+
+    name: str
+    description: str
+    n_pmj: int
+    likelihood: str
+    student_nu: float
+    constrain_to_layer: bool
+    layer_depth_mm: float
+    site_spacing_mm: float
+    kernel_mm: float
+    prior_kernel_mm: float
+    t_max_ms: float
+    cv_fiber: float
+    cv_cross: float
+    infer_scale: bool
+    scale_log_sd: float
+    leads: tuple[str, ...] | None
+    dt_ms: float
+    softmin_tau_ms: float
+    gain_log_sd: float
+    shift_sd_ms: float
+    noise_rel_scale: float
+    source: str = ""
+
+    def replace(self, **kw) -> ModelSpec:
+        """Copy with fields replaced (validated)."""
+        return _validate(dataclasses.replace(self, **kw), self.source or "spec")
+
+    def to_dict(self) -> dict:
+        """Plain dict (for summary.json / NetCDF attributes)."""
+        return dataclasses.asdict(self)
+
+
+def list_specs() -> list[str]:
+    """Names of the specs shipped in ``models/``."""
+    return sorted(
+        p.name[:-5] for p in importlib.resources.files("cdt_bayes.models").iterdir() if p.name.endswith(".toml")
+    )
+
+
+def _read_toml(name_or_path: str | Path, seen: tuple = ()) -> tuple[dict, str]:
+    p = Path(str(name_or_path))
+    if p.suffix == ".toml" or p.exists():
+        if not p.is_file():
+            raise SpecError(f"{p}: model spec not found")
+        text, src = p.read_text(), str(p)
+    else:
+        res = importlib.resources.files("cdt_bayes.models").joinpath(f"{name_or_path}.toml")
+        if not res.is_file():
+            raise SpecError(f"--spec {name_or_path}: unknown model spec (shipped: {', '.join(list_specs())})")
+        text, src = res.read_text(), f"models/{name_or_path}.toml"
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{src}: not valid TOML ({exc})") from None
+    base = raw.pop("extends", None)
+    if base is not None:
+        if base in seen:
+            raise SpecError(f"{src}: circular 'extends = {base!r}'")
+        parent, _ = _read_toml(base, (*seen, base))
+        for sec, vals in raw.items():
+            if isinstance(vals, dict) and isinstance(parent.get(sec), dict):
+                parent[sec] = {**parent[sec], **vals}
+            else:
+                parent[sec] = vals
+        raw = parent
+    return raw, src
+
+
+def load_spec(name_or_path: str | Path = "default", **overrides) -> ModelSpec:
+    """Load and validate a model spec.
+
+    Parameters
+    ----------
+    name_or_path : str or Path
+        A shipped spec name (``default``, ``unconstrained``, ``fixed_cv``, ``student_t``)
+        or a path to a TOML file (which may ``extends = "default"``).
+    **overrides
+        Field values that replace the file's (e.g. ``n_pmj=8``).
+
+    Raises
+    ------
+    SpecError
+        Unknown section/key, wrong type or out-of-range value, naming the file and key.
+    """
+    raw, src = _read_toml(name_or_path)
+    flat: dict = {}
+    for sec, vals in raw.items():
+        if sec not in _SCHEMA:
+            raise SpecError(f"{src}: unknown section [{sec}] (allowed: {', '.join(_SCHEMA)})")
+        if not isinstance(vals, dict):
+            raise SpecError(f"{src}: [{sec}] must be a table")
+        for key, val in vals.items():
+            typ = _SCHEMA[sec].get(key)
+            if typ is None:
+                raise SpecError(f"{src}: unknown key '{key}' in [{sec}] (allowed: {', '.join(_SCHEMA[sec])})")
+            if typ is float and isinstance(val, int) and not isinstance(val, bool):
+                val = float(val)
+            if not isinstance(val, typ) or (typ is int and isinstance(val, bool)):
+                raise SpecError(f"{src}: [{sec}] {key} = {val!r} has the wrong type")
+            flat[key] = val
+    missing = [f.name for f in dataclasses.fields(ModelSpec) if f.name not in flat and f.name != "source"]
+    missing = [m for m in missing if m not in overrides]
+    if missing:
+        raise SpecError(f"{src}: missing keys {', '.join(missing)}")
+    flat.update({k: v for k, v in overrides.items() if v is not None})
+    leads = flat["leads"]
+    flat["leads"] = None if leads == "all" else tuple(leads if isinstance(leads, list) else [leads])
+    return _validate(ModelSpec(**flat, source=src), src)
+
+
+def _validate(spec: ModelSpec, src: str) -> ModelSpec:
+    def bad(key, why):
+        raise SpecError(f"{src}: {key} = {getattr(spec, key)!r}: {why}")
+
+    if spec.n_pmj < 1:
+        bad("n_pmj", "must be >= 1")
+    if spec.likelihood not in ("normal", "student_t"):
+        bad("likelihood", "must be 'normal' or 'student_t'")
+    for key in (
+        "student_nu",
+        "layer_depth_mm",
+        "site_spacing_mm",
+        "kernel_mm",
+        "prior_kernel_mm",
+        "t_max_ms",
+        "cv_fiber",
+        "cv_cross",
+        "scale_log_sd",
+        "dt_ms",
+        "softmin_tau_ms",
+        "gain_log_sd",
+        "shift_sd_ms",
+        "noise_rel_scale",
+    ):
+        v = getattr(spec, key)
+        if not (math.isfinite(v) and v > 0):
+            bad(key, "must be positive and finite")
+    if spec.dt_ms not in (1.0, 2.0, 3.0, 4.0):
+        bad("dt_ms", "must be 1, 2, 3 or 4 ms")
+    return spec
+
+
+# --------------------------------------------------------------------------------------
+# Distance dictionary
+# --------------------------------------------------------------------------------------
+def admissible_nodes(mesh: Mesh, spec: ModelSpec, name: str = "mesh") -> np.ndarray:
+    """Node indices where a PMJ may sit: the subendocardial layer, or all nodes."""
+    if spec.constrain_to_layer:
+        return admissible_sites(mesh, spec.layer_depth_mm, name=name)
+    return np.arange(mesh.n_nodes)
+
+
+def select_sites(mesh: Mesh, spec: ModelSpec, name: str = "mesh") -> np.ndarray:
+    """Node indices of the distance-field sites, shape ``(n_sites,)``.
+
+    The admissible nodes (within ``layer_depth_mm`` of the endocardium, or all nodes when
+    ``constrain_to_layer`` is false), thinned on a ``site_spacing_mm`` voxel grid: per
+    occupied voxel the node closest to the voxel's mean. Deterministic.
+    """
+    cand = admissible_nodes(mesh, spec, name)
+    x = np.asarray(mesh.nodes)[cand]
+    key = np.floor((x - x.min(0)) / spec.site_spacing_mm).astype(np.int64)
+    _, inv = np.unique(key, axis=0, return_inverse=True)
+    inv = inv.ravel()
+    n_vox = inv.max() + 1
+    centre = np.zeros((n_vox, 3))
+    np.add.at(centre, inv, x)
+    centre /= np.bincount(inv, minlength=n_vox)[:, None]
+    d = np.linalg.norm(x - centre[inv], axis=1)
+    order = np.lexsort((d, inv))
+    first = np.ones(order.size, bool)
+    first[1:] = inv[order][1:] != inv[order][:-1]
+    return np.sort(cand[order[first]])
+
+
+def distance_dictionary(
+    mesh: Mesh,
+    site_nodes: np.ndarray,
+    cv_fiber: float,
+    cv_cross: float,
+    batch: int = 32,
+    progress: bool = False,
+) -> np.ndarray:
+    """Travel times ``D[s, x]`` (ms) from every site to every node, by the eikonal solver.
+
+    Parameters
+    ----------
+    mesh : Mesh
+    site_nodes : (n_sites,) int
+    cv_fiber, cv_cross : float, mm/ms
+    batch : int
+        Sites solved together (``vmap``).
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    (n_sites, n_nodes) float32
+    """
+    from ._eikonal import activation_times, eikonal_geometry
+    from ._progress import progress_bar
+
+    geom = eikonal_geometry(mesh, np.float32)
+    nodes = np.asarray(mesh.nodes, np.float32)
+
+    @jax.jit
+    def solve(xyz):
+        return jax.vmap(lambda p: activation_times(geom, p[None], jnp.zeros(1), cv_fiber, cv_cross))(xyz)
+
+    n = len(site_nodes)
+    pad = (-n) % batch
+    idx = np.concatenate([site_nodes, np.repeat(site_nodes[-1:], pad)])
+    out = np.empty((idx.size, mesh.n_nodes), np.float32)
+    with progress_bar(total=n, desc="distance fields", disable=not progress) as bar:
+        for i in range(0, idx.size, batch):
+            out[i : i + batch] = np.asarray(solve(nodes[idx[i : i + batch]]))
+            bar.update(min(batch, n - i))
+    return out[:n]
+
+
+def dictionary_key(mesh: Mesh, site_nodes: np.ndarray, cv_fiber: float, cv_cross: float) -> str:
+    """Content hash identifying a distance dictionary (for caching)."""
+    h = hashlib.sha256()
+    for a in (mesh.nodes, mesh.tets, mesh.fibres if mesh.fibres is not None else np.zeros(0), site_nodes):
+        h.update(np.ascontiguousarray(a).tobytes())
+    h.update(np.asarray([cv_fiber, cv_cross], np.float64).tobytes())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------
+# Distributions and the model
+# --------------------------------------------------------------------------------------
+class LayerPrior(dist.Distribution):
+    """Gaussian mixture over sites: a smooth density on the admissible layer.
+
+    Parameters
+    ----------
+    sites : (n_sites, 3) array, mm
+    kernel_mm : float
+        Standard deviation of each component, mm.
+    """
+
+    arg_constraints = {}
+    support = constraints.real_vector
+    reparametrized_params = []
+
+    def __init__(self, sites, kernel_mm, *, validate_args=None):
+        self.sites = jnp.asarray(sites)
+        self.kernel_mm = kernel_mm
+        super().__init__(batch_shape=(), event_shape=(3,), validate_args=validate_args)
+
+    def sample(self, key, sample_shape=()):
+        """Draw a site uniformly, then add Gaussian noise of sd ``kernel_mm``."""
+        k1, k2 = jax.random.split(key)
+        shape = sample_shape + self.batch_shape
+        i = jax.random.randint(k1, shape, 0, self.sites.shape[0])
+        return self.sites[i] + self.kernel_mm * jax.random.normal(k2, shape + (3,), self.sites.dtype)
+
+    def log_prob(self, value):
+        """Log density, shape ``value.shape[:-1]``."""
+        h2 = self.kernel_mm**2
+        d2 = jnp.sum((value[..., None, :] - self.sites) ** 2, -1)
+        n = self.sites.shape[0]
+        return jax.nn.logsumexp(-0.5 * d2 / h2, -1) - jnp.log(n) - 1.5 * jnp.log(2 * jnp.pi * h2)
+
+
+class ModelData(NamedTuple):
+    """Arrays the model needs (a pytree).
+
+    Attributes
+    ----------
+    sites : (n_sites, 3) mm
+    dist : (n_sites, n_nodes) ms, residual travel times ``R`` at the base velocities
+    site_metric : (n_sites, 3, 3) (ms/mm)², metric D⁻¹ at each site
+    nodes : (n_nodes, 3) mm
+    prior_sites : (n_admissible, 3) mm, every admissible node (prior mixture centres)
+    lead : (n_leads, n_nodes) lead-field matrix
+    times : (n_times,) ms, where the ECG is compared
+    gain0 : () prior median of the ECG gain
+    noise_scale : () mV, HalfNormal scale of sigma
+    """
+
+    sites: jax.Array
+    dist: jax.Array
+    site_metric: jax.Array
+    nodes: jax.Array
+    prior_sites: jax.Array
+    lead: jax.Array
+    times: jax.Array
+    gain0: jax.Array
+    noise_scale: jax.Array
+
+
+def kernel_weights(z, sites, kernel_mm):
+    """Interpolation weights ``(n_pmj, n_sites)`` of continuous PMJ positions ``z (n_pmj, 3)``."""
+    d2 = jnp.sum((z[:, None, :] - sites[None]) ** 2, -1)
+    return jax.nn.softmax(-0.5 * d2 / kernel_mm**2, axis=-1)
+
+
+def straight_travel_time(z, metric, nodes):
+    """``‖x − z‖_M`` for every node, ``(n_pmj, n_nodes)`` ms (smoothed at 0: finite gradient).
+
+    Parameters
+    ----------
+    z : (n_pmj, 3) mm
+    metric : (n_pmj, 3, 3) (ms/mm)²
+    nodes : (n_nodes, 3) mm
+    """
+    r = nodes[None] - z[:, None, :]
+    q = jnp.einsum("kni,kij,knj->kn", r, metric, r)
+    return jnp.sqrt(q + 1e-6)
+
+
+def dictionary_activation(z, t, scale, data: ModelData, kernel_mm: float, tau_ms: float | None):
+    """Activation times ``(n_nodes,)`` ms from PMJs by the factored distance dictionary.
+
+    Parameters
+    ----------
+    z : (n_pmj, 3) mm
+    t : (n_pmj,) ms
+    scale : () velocity factor s (travel times are divided by it)
+    data : ModelData
+    kernel_mm : float
+    tau_ms : float or None
+        Softmin temperature; ``None`` gives the exact minimum.
+    """
+    w = kernel_weights(z, data.sites, kernel_mm)
+    metric = jnp.einsum("ks,sij->kij", w, data.site_metric)
+    travel = straight_travel_time(z, metric, data.nodes) + w @ data.dist
+    arrival = t[:, None] + travel / scale  # (n_pmj, n_nodes)
+    if tau_ms is None:
+        return arrival.min(0)
+    return -tau_ms * jax.nn.logsumexp(-arrival / tau_ms, axis=0)
+
+
+def node_metric(mesh: Mesh, cv_fiber: float, cv_cross: float) -> np.ndarray:
+    """Metric ``D⁻¹`` per node, ``(n_nodes, 3, 3)``: mean over the incident tets."""
+    tets = np.asarray(mesh.tets)
+    eye = np.eye(3)
+    if mesh.fibres is None:
+        m = np.broadcast_to(eye / cv_cross**2, (tets.shape[0], 3, 3))
+    else:
+        f = np.asarray(mesh.fibres, np.float64)
+        ff = f[:, :, None] * f[:, None, :]
+        m = ff / cv_fiber**2 + (eye - ff) / cv_cross**2
+    out = np.zeros((mesh.n_nodes, 3, 3))
+    cnt = np.zeros(mesh.n_nodes)
+    for j in range(4):
+        np.add.at(out, tets[:, j], m)
+        np.add.at(cnt, tets[:, j], 1.0)
+    return out / np.maximum(cnt, 1.0)[:, None, None]
+
+
+def model_ecg(act, gain, shift, data: ModelData, eps_ms: float = 1.0):
+    """Noise-free model ECG ``(n_leads, n_times)`` mV for an activation map."""
+    from ._ecg import simulate_ecg
+
+    return gain * simulate_ecg(act + shift, data.lead, data.times, eps_ms)
+
+
+def cdt_model(data: ModelData, spec: ModelSpec, obs=None):
+    """NumPyro model: PMJs, velocities, gain, shift, noise → ECG.
+
+    Parameters
+    ----------
+    data : ModelData
+    spec : ModelSpec
+    obs : (n_leads, n_times) array or None
+        Observed ECG, mV (``None`` samples from the prior predictive).
+    """
+    with numpyro.plate("pmj", spec.n_pmj):
+        z = numpyro.sample("pmj_xyz_mm", LayerPrior(data.prior_sites, spec.prior_kernel_mm))
+        t = numpyro.sample("pmj_t_ms", dist.Uniform(0.0, spec.t_max_ms))
+    if spec.infer_scale:
+        scale = numpyro.sample("cv_scale", dist.LogNormal(0.0, spec.scale_log_sd))
+    else:
+        scale = 1.0
+    gain = numpyro.sample("gain", dist.LogNormal(jnp.log(data.gain0), spec.gain_log_sd))
+    shift = numpyro.sample("shift_ms", dist.Normal(0.0, spec.shift_sd_ms))
+    sigma = numpyro.sample("sigma_mV", dist.HalfNormal(data.noise_scale))
+    act = dictionary_activation(z, t, scale, data, spec.kernel_mm, spec.softmin_tau_ms)
+    mu = model_ecg(act, gain, shift, data)
+    if spec.likelihood == "student_t":
+        like = dist.StudentT(spec.student_nu, mu, sigma)
+    else:
+        like = dist.Normal(mu, sigma)
+    numpyro.sample("ecg", like.to_event(2), obs=obs)

@@ -1,0 +1,1 @@
+"""Declarative model specifications (TOML), shipped as package data ``cdt_bayes.models``."""
