@@ -1,0 +1,285 @@
+"""From a :class:`FitResult` to ArviZ data and the files of ``cdt-bayes fit``.
+
+Files (../shared/CONTRACT.md): ``posterior.nc`` (ArviZ groups posterior,
+posterior_predictive, observed_data, sample_stats, prior), ``activation_summary.vtu``,
+``ecg_posterior.csv`` (long format), ``summary.json``; plus ``modes.npz`` (the distinct
+activation patterns with their probabilities and ECGs) for the report.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from . import _summaries as S
+from ._errors import CdtBayesError
+from ._inference import FitProblem, FitResult, fit, posterior_activation, posterior_ecg
+
+__all__ = ["to_inference_data", "write_fit_outputs", "prior_activation", "run_fit_cli", "cache_dir"]
+
+
+def cache_dir() -> Path:
+    """Distance-dictionary cache: ``$CDT_BAYES_CACHE`` or ``~/.cache/cdt_bayes``."""
+    env = os.environ.get("CDT_BAYES_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cdt_bayes"
+
+
+def prior_activation(problem: FitProblem, key, n: int = 200) -> np.ndarray:
+    """Activation maps ``(n, n_nodes)`` ms under the prior (for shrinkage)."""
+    from numpyro.infer import Predictive
+
+    from ._model import cdt_model
+
+    args, _ = problem.model_args()
+    draws = Predictive(cdt_model, num_samples=n)(key, *args)
+    draws = {k: np.asarray(v)[None] for k, v in draws.items() if k != "ecg"}
+    return posterior_activation(problem, draws)[0]
+
+
+def to_inference_data(problem: FitProblem, result: FitResult, seed: int = 0, n_prior: int = 200):
+    """Build ArviZ data (posterior, posterior_predictive, observed_data, sample_stats, prior).
+
+    Returns
+    -------
+    (data, extras) where ``data`` is an ArviZ DataTree/InferenceData and ``extras`` a dict
+    of NumPy arrays (``activation``, ``ecg_model``, ``ecg_pp``, ``prior_activation``).
+    """
+    import arviz as az
+
+    key = jax.random.key(seed + 7919)
+    k1, k2 = jax.random.split(key)
+    act = posterior_activation(problem, result.draws)
+    mu, pp = posterior_ecg(problem, result.draws, act, k1)
+    prior_act = prior_activation(problem, k2, n_prior)
+    times = np.asarray(problem.data.times, np.float64)
+    coords = {
+        "pmj": np.arange(problem.spec.n_pmj),
+        "xyz": ["x", "y", "z"],
+        "node": np.arange(act.shape[-1]),
+        "lead": list(problem.lead_names),
+        "time_ms": times,
+    }
+    dims = {
+        "pmj_xyz_mm": ["pmj", "xyz"],
+        "pmj_t_ms": ["pmj"],
+        "activation_ms": ["node"],
+        "ecg_model_mV": ["lead", "time_ms"],
+        "ecg": ["lead", "time_ms"],
+    }
+    post = {k: np.asarray(v) for k, v in result.draws.items()}
+    post["activation_ms"] = act
+    post["ecg_model_mV"] = mu
+    groups = {
+        "posterior": post,
+        "posterior_predictive": {"ecg": pp},
+        "observed_data": {"ecg": problem.obs},
+        "prior": {"activation_ms": prior_act[None]},
+    }
+    if result.sample_stats is not None and "diverging" in result.sample_stats:
+        groups["sample_stats"] = {k: np.asarray(v) for k, v in result.sample_stats.items()}
+    attrs = {
+        "method": result.method,
+        "spec": json.dumps(problem.spec.to_dict()),
+        "seconds": float(result.seconds),
+        "inference_library": "numpyro",
+        "cdt_bayes_units": "mm, ms, mm/ms, mV",
+    }
+    data = az.from_dict(groups, coords=coords, dims=dims, attrs=attrs)
+    return data, {"activation": act, "ecg_model": mu, "ecg_pp": pp, "prior_activation": prior_act}
+
+
+def summarise(problem: FitProblem, result: FitResult, extras: dict) -> tuple[dict, dict, dict]:
+    """Per-node arrays, the summary dict and the modes (order-free quantities only)."""
+    act = extras["activation"]
+    node = S.activation_summary(act)
+    ident = S.identifiability(act, extras["prior_activation"])
+    bands = S.ecg_bands(extras["ecg_pp"])
+    mean_model = extras["ecg_model"].reshape((-1,) + problem.obs.shape).mean(0)
+    r = S.ecg_correlation(problem.obs, mean_model)
+    modes = S.activation_modes(act)
+    summary = {
+        "method": result.method,
+        "n_pmj": problem.spec.n_pmj,
+        "seconds": round(float(result.seconds), 2),
+        "ecg_correlation": float(np.nanmean(r)),
+        "ecg_correlation_per_lead": {ld: float(v) for ld, v in zip(problem.lead_names, r)},
+        "leads": list(problem.lead_names),
+        "n_chains": int(act.shape[0]),
+        "n_draws": int(act.shape[1]),
+        "spec": problem.spec.name,
+        "n_nodes": int(act.shape[-1]),
+        "n_sites": int(len(problem.site_nodes)),
+        "velocities_inferred": bool(problem.spec.infer_scale),
+        "identifiability": {
+            "mean_sd_ms": ident["mean_sd_ms"],
+            "median_width90_ms": ident["median_width90_ms"],
+            "mean_shrinkage": ident["mean_shrinkage"],
+            "n_modes": int(modes["weights"].size),
+            "n_modes_effective": modes["n_effective"],
+            "mode_weights": [float(w) for w in modes["weights"][:10]],
+            "total_activation_ms": ident["total_activation_ms"],
+        },
+        "posterior_means": {
+            k: float(np.mean(v)) for k, v in result.draws.items() if np.asarray(v).ndim == 2
+        },
+        "notes": list(result.notes),
+    }
+    if result.method == "nuts":
+        diag = S.diagnostics(act, extras["ecg_model"])
+        div = int(np.sum(result.sample_stats["diverging"]))
+        chains_agree = bool(np.isfinite(diag["max_rhat"]) and diag["max_rhat"] <= 1.05)
+        summary.update(
+            {
+                "max_rhat": diag["max_rhat"],
+                "min_ess_bulk": diag["min_ess_bulk"],
+                "min_ess_tail": diag["min_ess_tail"],
+                "divergences": div,
+                "chains_agree": chains_agree,
+                "mean_tree_steps": float(np.mean(result.sample_stats["n_steps"])),
+                "seconds_per_ess": float(result.seconds / max(diag["min_ess_bulk"], 1e-9)),
+            }
+        )
+        node["rhat"] = diag["rhat_activation"]
+        if not chains_agree:
+            summary["notes"].append(
+                "chains disagree (R-hat > 1.05 on activation times): the posterior is multimodal "
+                "or not yet mixed; see the modes and run longer/more chains"
+            )
+    node["p_early"] = ident["p_early"]
+    node["shrinkage"] = ident["shrinkage"]
+    return node, summary, {"bands": bands, "modes": modes}
+
+
+def _ecg_csv_text(problem: FitProblem, bands: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["time_ms", "lead", "observed_mV", "mean_mV", "q05_mV", "q95_mV"])
+    t = np.asarray(problem.data.times)
+    for li, ld in enumerate(problem.lead_names):
+        for ti in range(t.size):
+            w.writerow(
+                [f"{t[ti]:g}", ld]
+                + [f"{v:.6g}" for v in (problem.obs[li, ti], bands["mean"][li, ti], bands["q05"][li, ti], bands["q95"][li, ti])]
+            )
+    return buf.getvalue()
+
+
+def write_fit_outputs(out: Path, problem: FitProblem, result: FitResult, seed: int = 0) -> dict:
+    """Write posterior.nc, activation_summary.vtu, ecg_posterior.csv, summary.json, modes.npz.
+
+    ``out`` should be a staging directory (see :func:`cdt_bayes._io.atomic_output_dir`).
+    """
+    from ._io import save_mesh_vtu
+
+    data, extras = to_inference_data(problem, result, seed)
+    node, summary, more = summarise(problem, result, extras)
+    data.to_netcdf(str(out / "posterior.nc"))
+    pd = {
+        "activation_mean_ms": node["mean"],
+        "activation_sd_ms": node["sd"],
+        "activation_q05_ms": node["q05"],
+        "activation_q95_ms": node["q95"],
+        "activation_width90_ms": node["width90"],
+        "p_early": node["p_early"],
+        "shrinkage": node["shrinkage"],
+    }
+    if "rhat" in node:
+        pd["rhat"] = node["rhat"]
+    save_mesh_vtu(out / "activation_summary.vtu", problem.mesh, {k: np.asarray(v, np.float64) for k, v in pd.items()})
+    (out / "ecg_posterior.csv").write_text(_ecg_csv_text(problem, more["bands"]))
+    modes = more["modes"]
+    flat_mu = extras["ecg_model"].reshape((-1,) + problem.obs.shape)
+    np.savez_compressed(
+        out / "modes.npz",
+        weights=modes["weights"],
+        mean_maps=modes["mean_maps"].astype(np.float32),
+        representative=modes["representative"],
+        ecg=flat_mu[modes["representative"]].astype(np.float32),
+        time_ms=np.asarray(problem.data.times),
+        leads=np.asarray(problem.lead_names),
+        n_effective=modes["n_effective"],
+    )
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
+
+
+def _read_ecg(path: str, qrs):
+    from ._io import read_ecg_csv, read_wfdb_ecg
+
+    p = Path(path)
+    if p.suffix.lower() in (".hea", ".dat") or (not p.exists() and p.with_suffix(".hea").exists()):
+        t, names, vals = read_wfdb_ecg(str(p.with_suffix("")), qrs=qrs)
+        return t, list(names), vals
+    t, names, vals = read_ecg_csv(path)
+    if qrs is not None:
+        keep = (t >= qrs[0]) & (t <= qrs[1])
+        if keep.sum() < 10:
+            raise CdtBayesError(f"--qrs {qrs[0]:g} {qrs[1]:g}: window holds {int(keep.sum())} samples of {path}")
+        t, vals = t[keep] - t[keep][0], vals[:, keep]
+    return t, list(names), vals
+
+
+def run_fit_cli(args) -> int:
+    """Implementation of ``cdt-bayes fit`` (called by the CLI layer)."""
+    from ._io import atomic_output_dir, load_mesh, read_electrodes_csv
+    from ._model import load_spec
+
+    progress = not getattr(args, "no_progress", False)
+    mesh = load_mesh(args.mesh, units=args.units, endo_lv=args.endo_lv, endo_rv=args.endo_rv)
+    t, names, vals = _read_ecg(args.ecg, args.qrs)
+    electrodes = read_electrodes_csv(args.electrodes)
+    overrides = {"n_pmj": args.n_pmj}
+    if args.cv_fiber is not None or args.cv_cross is not None:
+        base = load_spec(args.spec or "default")
+        overrides.update(
+            infer_scale=False,
+            cv_fiber=args.cv_fiber or base.cv_fiber,
+            cv_cross=args.cv_cross or base.cv_cross,
+        )
+    if args.leads:
+        overrides["leads"] = tuple(args.leads)
+    spec = load_spec(args.spec or "default", **overrides)
+    problem = build_problem_cli(mesh, t, names, vals, electrodes, spec, progress, args.mesh)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / ".checkpoint"
+    if not args.resume and ckpt.exists():
+        shutil.rmtree(ckpt)
+    result = fit(
+        problem,
+        args.method,
+        chains=args.chains,
+        num_warmup=args.num_warmup,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        checkpoint_dir=ckpt,
+        time_budget_s=args.time_budget,
+        progress=progress,
+    )
+    with atomic_output_dir(out) as stage:
+        summary = write_fit_outputs(Path(stage), problem, result, args.seed)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    msg = f"fit ({summary['method']}, {summary['seconds']:.0f} s): ECG correlation {summary['ecg_correlation']:.3f}"
+    if "max_rhat" in summary:
+        msg += f", max R-hat {summary['max_rhat']:.3f}, min bulk ESS {summary['min_ess_bulk']:.0f}, divergences {summary['divergences']}"
+    print(msg, file=sys.stderr)
+    for f in ("posterior.nc", "activation_summary.vtu", "ecg_posterior.csv", "summary.json"):
+        print(out / f)
+    return 0
+
+
+def build_problem_cli(mesh, t, names, vals, electrodes, spec, progress, name):
+    """:func:`build_problem` with the user cache directory."""
+    from ._inference import build_problem
+
+    return build_problem(mesh, t, names, vals, electrodes, spec, cache_dir=cache_dir(), progress=progress, name=name)
