@@ -14,10 +14,10 @@ PYTHON ?= $(shell \
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=25.1"
-	$(PY) -m pip install -q -e . --group test
+	$(PY) -m pip install -q -e ".[mesh,wfdb]" --group test
 	@touch $(STAMP)
 
 test: install

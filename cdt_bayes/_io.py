@@ -78,6 +78,10 @@ def _tmp_sibling(path: Path) -> Path:
         prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
     )
     os.close(fd)
+    # mkstemp creates 0600 files; give the published file the usual umask-based mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     return Path(tmp)
 
 
