@@ -455,7 +455,7 @@ def model_ecg(act, gain, shift, data: ModelData, eps_ms: float = 1.0):
     return gain * simulate_ecg(act + shift, data.lead, data.times, eps_ms)
 
 
-def cdt_model(data: ModelData, spec: ModelSpec, obs=None):
+def cdt_model(data: ModelData, spec: ModelSpec, obs=None, temper=1.0):
     """NumPyro model: PMJs, velocities, gain, shift, noise → ECG.
 
     Parameters
@@ -464,6 +464,9 @@ def cdt_model(data: ModelData, spec: ModelSpec, obs=None):
     spec : ModelSpec
     obs : (n_leads, n_times) array or None
         Observed ECG, mV (``None`` samples from the prior predictive).
+    temper : float
+        Likelihood power ``β`` (1 = the posterior; < 1 flattens it, used to anneal the
+        multi-start MAP optimisation).
     """
     with numpyro.plate("pmj", spec.n_pmj):
         z = numpyro.sample("pmj_xyz_mm", LayerPrior(data.prior_sites, spec.prior_kernel_mm))
@@ -481,4 +484,5 @@ def cdt_model(data: ModelData, spec: ModelSpec, obs=None):
         like = dist.StudentT(spec.student_nu, mu, sigma)
     else:
         like = dist.Normal(mu, sigma)
-    numpyro.sample("ecg", like.to_event(2), obs=obs)
+    with numpyro.handlers.scale(scale=temper):
+        numpyro.sample("ecg", like.to_event(2), obs=obs)
