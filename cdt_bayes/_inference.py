@@ -480,8 +480,8 @@ def fit(
         from numpyro.infer.autoguide import AutoLowRankMultivariateNormal
         from numpyro.infer.initialization import init_to_value
 
-        best = {k: np.asarray(v[0]) for k, v in post(jax.tree.map(lambda x: x[:1], u)).items()}
-        best = {k: v[0] for k, v in best.items() if k in LATENT_SITES}
+        best = post(jax.tree.map(lambda x: x[:1], u))
+        best = {k: np.asarray(v)[0] for k, v in best.items() if k in LATENT_SITES}
         guide = AutoLowRankMultivariateNormal(
             cdt_model, init_loc_fn=init_to_value(values=best), rank=min(20, 4 * problem.spec.n_pmj), init_scale=0.02
         )

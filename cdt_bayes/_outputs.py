@@ -60,6 +60,8 @@ def to_inference_data(problem: FitProblem, result: FitResult, seed: int = 0, n_p
     k1, k2 = jax.random.split(key)
     act = posterior_activation(problem, result.draws)
     mu, pp = posterior_ecg(problem, result.draws, act, k1)
+    if result.method == "map":  # a point estimate: no predictive noise draws
+        pp = mu.copy()
     prior_act = prior_activation(problem, k2, n_prior)
     times = np.asarray(problem.data.times, np.float64)
     coords = {
@@ -94,7 +96,7 @@ def to_inference_data(problem: FitProblem, result: FitResult, seed: int = 0, n_p
         "inference_library": "numpyro",
         "cdt_bayes_units": "mm, ms, mm/ms, mV",
     }
-    data = az.from_dict(groups, coords=coords, dims=dims, attrs=attrs)
+    data = az.from_dict(groups, coords=coords, dims=dims, attrs={"posterior": attrs})
     return data, {"activation": act, "ecg_model": mu, "ecg_pp": pp, "prior_activation": prior_act}
 
 
@@ -105,6 +107,7 @@ def summarise(problem: FitProblem, result: FitResult, extras: dict) -> tuple[dic
     ident = S.identifiability(act, extras["prior_activation"])
     bands = S.ecg_bands(extras["ecg_pp"])
     mean_model = extras["ecg_model"].reshape((-1,) + problem.obs.shape).mean(0)
+    bands["mean"] = mean_model  # posterior mean of the noise-free ECG (= predictive mean)
     r = S.ecg_correlation(problem.obs, mean_model)
     modes = S.activation_modes(act)
     summary = {

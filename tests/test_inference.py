@@ -1,0 +1,113 @@
+"""Inference: MAP recovery, NUTS/SVI outputs, checkpoint resume, reproducibility, CLI fit."""
+
+import json
+
+import jax
+import meshio
+import numpy as np
+import pytest
+from inference_case import synthetic
+
+from cdt_bayes._errors import CdtBayesError
+from cdt_bayes._inference import build_problem, find_map, fit
+from cdt_bayes._model import dictionary_activation, load_spec
+from cdt_bayes._outputs import write_fit_outputs
+from cdt_bayes._summaries import ecg_correlation
+
+
+@pytest.fixture(scope="module")
+def case():
+    mesh, el, t_act, tt, names, noisy, clean = synthetic()
+    spec = load_spec("default", n_pmj=2, site_spacing_mm=3.0, kernel_mm=2.0, layer_depth_mm=3.5)
+    prob = build_problem(mesh, tt, names, noisy, el, spec, progress=False)
+    return prob, t_act, clean
+
+
+def test_map_fits_the_ecg(case):
+    prob, t_act, clean = case
+    u, losses, _, post, _ = find_map(prob, jax.random.key(0), n_starts=4, steps=300, progress=False)
+    assert np.all(np.diff(losses) >= 0)
+    best = post(jax.tree.map(lambda x: x[0], u))
+    act = dictionary_activation(best["pmj_xyz_mm"], best["pmj_t_ms"], best["cv_scale"], prob.data, prob.spec.kernel_mm, None)
+    from cdt_bayes._model import model_ecg
+
+    ecg = np.asarray(model_ecg(act, best["gain"], best["shift_ms"], prob.data))
+    r = ecg_correlation(clean.astype(np.float32), ecg)
+    assert np.nanmean(r) > 0.97, r
+
+
+def test_nuts_outputs_and_reproducibility(case, tmp_path):
+    prob, t_act, _ = case
+    kw = dict(chains=2, num_warmup=20, num_samples=20, seed=3, n_starts=4, map_steps=150, progress=False)
+    r1 = fit(prob, "nuts", **kw)
+    r2 = fit(prob, "nuts", **kw)
+    for k in r1.draws:
+        np.testing.assert_array_equal(r1.draws[k], r2.draws[k])
+    assert r1.draws["pmj_xyz_mm"].shape == (2, 20, 2, 3)
+    assert r1.sample_stats["diverging"].shape == (2, 20)
+    summary = write_fit_outputs(tmp_path, prob, r1)
+    for f in ("posterior.nc", "activation_summary.vtu", "ecg_posterior.csv", "summary.json", "modes.npz"):
+        assert (tmp_path / f).stat().st_size > 0
+    j = json.loads((tmp_path / "summary.json").read_text())
+    for k in ("method", "n_pmj", "seconds", "ecg_correlation", "max_rhat", "min_ess_bulk", "divergences"):
+        assert k in j
+    assert j == json.loads(json.dumps(summary, default=float))
+    m = meshio.read(tmp_path / "activation_summary.vtu")
+    q05, q95 = m.point_data["activation_q05_ms"], m.point_data["activation_q95_ms"]
+    assert np.all(q05 <= m.point_data["activation_mean_ms"] + 1e-6) and np.all(q95 >= q05)
+    import arviz as az
+
+    dt = az.from_netcdf(tmp_path / "posterior.nc")
+    for g in ("posterior", "posterior_predictive", "observed_data", "sample_stats"):
+        assert g in dt.children or hasattr(dt, g)
+    hdr = (tmp_path / "ecg_posterior.csv").read_text().splitlines()[0]
+    assert hdr == "time_ms,lead,observed_mV,mean_mV,q05_mV,q95_mV"
+
+
+def test_resume_continues_a_stopped_run(case, tmp_path):
+    prob, _, _ = case
+    kw = dict(chains=1, num_warmup=25, num_samples=50, seed=5, n_starts=2, map_steps=50, progress=False)
+    full = fit(prob, "nuts", **kw)
+    # a run that stopped after 25 of the 50 draws (its checkpoint is what a killed run leaves)
+    part = fit(prob, "nuts", checkpoint_dir=tmp_path, **{**kw, "num_samples": 25})
+    assert (tmp_path / "chain0.pkl").exists()
+    resumed = fit(prob, "nuts", checkpoint_dir=tmp_path, **kw)
+    np.testing.assert_allclose(part.draws["pmj_t_ms"], full.draws["pmj_t_ms"][:, :25], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(resumed.draws["pmj_t_ms"], full.draws["pmj_t_ms"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(CdtBayesError, match="time-budget"):
+        fit(prob, "nuts", time_budget_s=1e-9, **kw)
+
+
+def test_svi_and_map_methods(case, tmp_path):
+    prob, _, _ = case
+    r = fit(prob, "svi", num_samples=50, svi_steps=200, n_starts=2, map_steps=50, progress=False)
+    assert r.draws["pmj_t_ms"].shape == (1, 50, 2)
+    assert np.std(r.draws["pmj_t_ms"]) > 0
+    m = fit(prob, "map", n_starts=2, map_steps=50, progress=False)
+    assert m.draws["pmj_t_ms"].shape == (1, 1, 2)
+
+
+def test_bad_options(case):
+    prob, _, _ = case
+    with pytest.raises(CdtBayesError, match="--method"):
+        fit(prob, "hmc")
+    with pytest.raises(CdtBayesError, match="--chains"):
+        fit(prob, "nuts", chains=0)
+
+
+def test_cli_fit_end_to_end(tmp_path):
+    from cdt_bayes._cli import main
+    from cdt_bayes._io import save_mesh_vtu, write_ecg_csv
+
+    mesh, el, t_act, tt, names, noisy, _ = synthetic()
+    save_mesh_vtu(tmp_path / "m.vtu", mesh)
+    write_ecg_csv(tmp_path / "ecg.csv", tt, names, noisy)
+    (tmp_path / "el.csv").write_text("name,x_mm,y_mm,z_mm\n" + "".join(f"{k},{v[0]},{v[1]},{v[2]}\n" for k, v in el.items()))
+    spec = tmp_path / "small.toml"
+    spec.write_text('extends = "default"\n[pmj]\nsite_spacing_mm = 4.0\nkernel_mm = 2.5\nlayer_depth_mm = 3.5\n')
+    rc = main(["fit", "--mesh", str(tmp_path / "m.vtu"), "--ecg", str(tmp_path / "ecg.csv"), "--electrodes", str(tmp_path / "el.csv"),
+               "--out", str(tmp_path / "fit"), "--method", "map", "--n-pmj", "2", "--spec", str(spec), "--no-progress"])
+    assert rc == 0
+    j = json.loads((tmp_path / "fit" / "summary.json").read_text())
+    assert j["method"] == "map" and j["n_pmj"] == 2 and j["ecg_correlation"] > 0.9
+    assert not (tmp_path / "fit" / ".checkpoint").exists()

@@ -1,0 +1,140 @@
+"""Model: specs, layer prior, distance dictionary (fast path) vs the full eikonal solver."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from inference_case import slab, synthetic
+
+from cdt_bayes._eikonal import activation_times, eikonal_geometry
+from cdt_bayes._errors import SpecError
+from cdt_bayes._inference import build_problem
+from cdt_bayes._model import LayerPrior, dictionary_activation, list_specs, load_spec
+
+
+def test_shipped_specs_load():
+    names = list_specs()
+    assert {"default", "unconstrained", "fixed_cv", "student_t"} <= set(names)
+    for n in names:
+        s = load_spec(n)
+        assert s.name == n
+    assert not load_spec("unconstrained").constrain_to_layer
+    assert not load_spec("fixed_cv").infer_scale
+    assert load_spec("default", n_pmj=3).n_pmj == 3
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("[model]\nn_pmj = 0\n", "n_pmj"),
+        ("[model]\nbogus = 1\n", "unknown key 'bogus'"),
+        ("[nonsense]\nx = 1\n", "unknown section"),
+        ("[pmj]\nkernel_mm = -1.0\n", "kernel_mm"),
+        ("[model]\nlikelihood = 'cauchy'\n", "likelihood"),
+        ("[model]\nn_pmj = 'many'\n", "wrong type"),
+        ("[model\n", "not valid TOML"),
+    ],
+)
+def test_spec_errors_name_file_and_key(tmp_path, text, match):
+    p = tmp_path / "bad.toml"
+    p.write_text('extends = "default"\n' + text if not text.startswith("[model\n") else text)
+    with pytest.raises(SpecError, match=match) as e:
+        load_spec(p)
+    assert "bad.toml" in str(e.value)
+
+
+def test_unknown_spec_name():
+    with pytest.raises(SpecError, match="unknown model spec"):
+        load_spec("no_such_spec")
+
+
+def test_layer_prior_sample_matches_log_prob():
+    """Samples come from the density: mean log_prob on samples ≈ −entropy estimate, and the
+    density integrates to one (importance check with a wide Gaussian proposal)."""
+    sites = jnp.asarray(np.random.default_rng(0).uniform(0, 10, (30, 3)), jnp.float32)
+    d = LayerPrior(sites, 1.0)
+    x = d.sample(jax.random.key(0), (4000,))
+    assert x.shape == (4000, 3)
+    # normalisation by importance sampling from N(mean, 6^2)
+    key = jax.random.key(1)
+    q = 5.0 + 6.0 * jax.random.normal(key, (200000, 3))
+    logq = jax.scipy.stats.norm.logpdf(q, 5.0, 6.0).sum(-1)
+    z = jnp.mean(jnp.exp(d.log_prob(q) - logq))
+    assert abs(float(z) - 1.0) < 0.03
+    # samples concentrate within ~3 sd of some site
+    dmin = np.sqrt(((np.asarray(x)[:, None] - np.asarray(sites)[None]) ** 2).sum(-1)).min(1)
+    assert np.quantile(dmin, 0.99) < 4.0
+
+
+def test_layer_prior_gradient_never_vanishes_far_away():
+    sites = jnp.zeros((5, 3))
+    g = jax.grad(lambda z: LayerPrior(sites, 2.0).log_prob(z))(jnp.array([100.0, 0.0, 0.0]))
+    assert np.isfinite(np.asarray(g)).all() and float(g[0]) < -1.0
+
+
+def _problem(spacing=3.0, kernel=2.0, n_pmj=2):
+    mesh, el, t_act, tt, names, noisy, _ = synthetic()
+    spec = load_spec("default", n_pmj=n_pmj, site_spacing_mm=spacing, kernel_mm=kernel, layer_depth_mm=3.5)
+    return build_problem(mesh, tt, names, noisy, el, spec, progress=False), t_act, mesh
+
+
+def test_fast_path_agrees_with_full_solver():
+    """Dictionary activation (exact min) vs the full eikonal from the same PMJs."""
+    prob, _, mesh = _problem()
+    rng = np.random.default_rng(3)
+    g = eikonal_geometry(mesh, np.float32)
+    sites = np.asarray(prob.data.sites)
+    errs = []
+    for _ in range(3):
+        z = sites[rng.choice(len(sites), 2, replace=False)] + rng.normal(scale=0.5, size=(2, 3))
+        z[:, 2] = np.clip(z[:, 2], 0.1, 2.0)
+        t = rng.uniform(0, 5, 2)
+        full = np.asarray(activation_times(g, z, t))
+        fast = np.asarray(dictionary_activation(jnp.asarray(z, jnp.float32), jnp.asarray(t, jnp.float32), 1.0, prob.data, prob.spec.kernel_mm, None))
+        errs.append(fast - full)
+    e = np.concatenate(errs)
+    assert abs(e.mean()) < 1.0 and np.sqrt((e**2).mean()) < 1.5, (e.mean(), np.sqrt((e**2).mean()))
+
+
+def test_softmin_within_tau_log_k_of_min():
+    prob, _, _ = _problem(n_pmj=3)
+    z = prob.data.sites[:3]
+    t = jnp.array([0.0, 1.0, 2.0])
+    exact = dictionary_activation(z, t, 1.0, prob.data, prob.spec.kernel_mm, None)
+    soft = dictionary_activation(z, t, 1.0, prob.data, prob.spec.kernel_mm, 0.5)
+    diff = np.asarray(exact - soft)
+    assert diff.min() >= -1e-4 and diff.max() <= 0.5 * np.log(3) + 1e-4
+
+
+def test_velocity_scale_is_exact():
+    prob, _, _ = _problem()
+    z, t = prob.data.sites[:2], jnp.zeros(2)
+    a1 = dictionary_activation(z, t, 1.0, prob.data, prob.spec.kernel_mm, None)
+    a2 = dictionary_activation(z, t, 2.0, prob.data, prob.spec.kernel_mm, None)
+    np.testing.assert_allclose(np.asarray(a2), np.asarray(a1) / 2, rtol=1e-5, atol=1e-5)
+
+
+def test_log_density_gradient_finite_and_matches_fd():
+    from numpyro.infer.util import initialize_model
+
+    from cdt_bayes._model import cdt_model
+
+    prob, _, _ = _problem()
+    args, kwargs = prob.model_args()
+    info, pot, _, _ = initialize_model(jax.random.key(0), cdt_model, model_args=args, model_kwargs=kwargs)
+    u = info.z
+    g = jax.grad(pot)(u)
+    for k, v in g.items():
+        assert np.isfinite(np.asarray(v)).all(), k
+    # directional finite difference (float32: relative tolerance)
+    d = jax.tree.map(lambda x: jnp.ones_like(x) * 0.01, u)
+    up = jax.tree.map(lambda a, b: a + b, u, d)
+    dn = jax.tree.map(lambda a, b: a - b, u, d)
+    fd = (pot(up) - pot(dn)) / 2
+    an = sum(float(jnp.sum(gv * dv)) for gv, dv in zip(jax.tree.leaves(g), jax.tree.leaves(d)))
+    assert abs(float(fd) - an) < 0.05 * abs(an) + 0.05
+
+
+def test_slab_case_is_small():
+    mesh, _ = slab()
+    assert mesh.n_nodes < 400
