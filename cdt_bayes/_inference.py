@@ -2,7 +2,7 @@
 
 Which path runs when
 --------------------
-* Always: the *distance dictionary* (travel times from ~3 mm-spaced admissible sites to
+* Always: the *distance dictionary* (travel times from ~6 mm-spaced admissible sites to
   every node, by the tetrahedral eikonal solver) is built once per mesh and velocity
   ratio and cached; every log-density gradient then costs one small matrix product, a
   soft minimum and the lead-field ECG (milliseconds), never an eikonal solve.
@@ -179,7 +179,7 @@ def _gain_centre(data: ModelData, spec: ModelSpec, rms_obs: float, n: int = 64) 
     key = jax.random.key(12345)
     prior = Predictive(cdt_model, num_samples=n)(key, data._replace(gain0=jnp.asarray(1.0)), spec)
     act = jax.vmap(
-        lambda z, t, s: dictionary_activation(z, t, s, data, spec.kernel_mm, spec.softmin_tau_ms)
+        lambda z, t, s: dictionary_activation(z, t, s, data, spec.kernel_mm, spec.softmin_tau_ms, spec.cone_smoothing_ms)
     )(prior["pmj_xyz_mm"], prior["pmj_t_ms"], prior.get("cv_scale", jnp.ones(n)))
     ecg = jax.vmap(lambda a: model_ecg(a, 1.0, 0.0, data))(act)
     rms = np.sqrt(np.mean(np.asarray(ecg) ** 2, axis=(1, 2)))
@@ -548,7 +548,8 @@ def posterior_activation(problem: FitProblem, draws: dict, exact_min: bool = Fal
     s = np.asarray(draws["cv_scale"]).reshape(-1) if "cv_scale" in draws else np.ones(c * d)
     z = z.reshape(c * d, -1, 3)
     tau = None if exact_min else spec.softmin_tau_ms
-    f = jax.jit(jax.vmap(lambda z, t, s: dictionary_activation(z, t, s, data, spec.kernel_mm, tau)))
+    cone = 0.0 if exact_min else spec.cone_smoothing_ms
+    f = jax.jit(jax.vmap(lambda z, t, s: dictionary_activation(z, t, s, data, spec.kernel_mm, tau, cone)))
     out = np.empty((c * d, data.dist.shape[1]), np.float32)
     for i in range(0, c * d, batch):
         out[i : i + batch] = np.asarray(f(z[i : i + batch], t[i : i + batch], s[i : i + batch]))

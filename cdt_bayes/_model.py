@@ -86,7 +86,7 @@ _SCHEMA: dict[str, dict[str, type | tuple]] = {
         "t_max_ms": float,
     },
     "conduction": {"cv_fiber": float, "cv_cross": float, "infer_scale": bool, "scale_log_sd": float},
-    "ecg": {"leads": (str, list), "dt_ms": float, "softmin_tau_ms": float},
+    "ecg": {"leads": (str, list), "dt_ms": float, "softmin_tau_ms": float, "cone_smoothing_ms": float},
     "priors": {"gain_log_sd": float, "shift_sd_ms": float, "noise_rel_scale": float},
 }
 
@@ -113,6 +113,7 @@ class ModelSpec:
     leads: tuple[str, ...] | None
     dt_ms: float
     softmin_tau_ms: float
+    cone_smoothing_ms: float
     gain_log_sd: float
     shift_sd_ms: float
     noise_rel_scale: float
@@ -232,6 +233,8 @@ def _validate(spec: ModelSpec, src: str) -> ModelSpec:
         v = getattr(spec, key)
         if not (math.isfinite(v) and v > 0):
             bad(key, "must be positive and finite")
+    if not (math.isfinite(spec.cone_smoothing_ms) and spec.cone_smoothing_ms >= 0):
+        bad("cone_smoothing_ms", "must be >= 0")
     if spec.dt_ms not in (1.0, 2.0, 3.0, 4.0):
         bad("dt_ms", "must be 1, 2, 3 or 4 ms")
     return spec
@@ -394,21 +397,30 @@ def kernel_weights(z, sites, kernel_mm):
     return jax.nn.softmax(-0.5 * d2 / kernel_mm**2, axis=-1)
 
 
-def straight_travel_time(z, metric, nodes):
-    """``‖x − z‖_M`` for every node, ``(n_pmj, n_nodes)`` ms (smoothed at 0: finite gradient).
+def straight_travel_time(z, metric, nodes, smoothing_ms: float = 0.0):
+    """``‖x − z‖_M`` for every node, ``(n_pmj, n_nodes)`` ms.
+
+    The cone apex is rounded, ``sqrt(q + δ²) − δ`` with ``δ = smoothing_ms`` (at most ``δ``
+    below the exact value, ≈ ``δ²/2d`` at distance ``d``): a PMJ passing close to a node
+    then bends the log density gently, which keeps NUTS step sizes large.
 
     Parameters
     ----------
     z : (n_pmj, 3) mm
     metric : (n_pmj, 3, 3) (ms/mm)²
     nodes : (n_nodes, 3) mm
+    smoothing_ms : float
+        ``δ``, ms (0: exact, with a 1e-3 ms floor keeping the gradient finite).
     """
     r = nodes[None] - z[:, None, :]
     q = jnp.einsum("kni,kij,knj->kn", r, metric, r)
-    return jnp.sqrt(q + 1e-6)
+    d = max(float(smoothing_ms), 1e-3)
+    return jnp.sqrt(q + d * d) - d
 
 
-def dictionary_activation(z, t, scale, data: ModelData, kernel_mm: float, tau_ms: float | None):
+def dictionary_activation(
+    z, t, scale, data: ModelData, kernel_mm: float, tau_ms: float | None, cone_ms: float = 0.0
+):
     """Activation times ``(n_nodes,)`` ms from PMJs by the factored distance dictionary.
 
     Parameters
@@ -420,10 +432,12 @@ def dictionary_activation(z, t, scale, data: ModelData, kernel_mm: float, tau_ms
     kernel_mm : float
     tau_ms : float or None
         Softmin temperature; ``None`` gives the exact minimum.
+    cone_ms : float
+        Rounding of the straight-line cone at each PMJ (see :func:`straight_travel_time`).
     """
     w = kernel_weights(z, data.sites, kernel_mm)
     metric = jnp.einsum("ks,sij->kij", w, data.site_metric)
-    travel = straight_travel_time(z, metric, data.nodes) + w @ data.dist
+    travel = straight_travel_time(z, metric, data.nodes, cone_ms) + w @ data.dist
     arrival = t[:, None] + travel / scale  # (n_pmj, n_nodes)
     if tau_ms is None:
         return arrival.min(0)
@@ -478,7 +492,7 @@ def cdt_model(data: ModelData, spec: ModelSpec, obs=None, temper=1.0):
     gain = numpyro.sample("gain", dist.LogNormal(jnp.log(data.gain0), spec.gain_log_sd))
     shift = numpyro.sample("shift_ms", dist.Normal(0.0, spec.shift_sd_ms))
     sigma = numpyro.sample("sigma_mV", dist.HalfNormal(data.noise_scale))
-    act = dictionary_activation(z, t, scale, data, spec.kernel_mm, spec.softmin_tau_ms)
+    act = dictionary_activation(z, t, scale, data, spec.kernel_mm, spec.softmin_tau_ms, spec.cone_smoothing_ms)
     mu = model_ecg(act, gain, shift, data)
     if spec.likelihood == "student_t":
         like = dist.StudentT(spec.student_nu, mu, sigma)
