@@ -420,14 +420,14 @@ def _winners(geom, params, loc, metric, t, radius):
     entry_val = jnp.concatenate([best.reshape(-1), sval.reshape(-1)])
     node_min = jnp.full((n,), jnp.inf, t.dtype).at[entry_node].min(entry_val)
     n_entries = entry_val.shape[0]
-    eid = jnp.arange(n_entries)
+    eid = jnp.arange(n_entries, dtype=jnp.int32)
     is_min = entry_val <= node_min[entry_node]
-    win = jnp.full((n,), n_entries, eid.dtype).at[entry_node].min(jnp.where(is_min, eid, n_entries))
+    win = jnp.full((n,), n_entries, jnp.int32).at[entry_node].min(jnp.where(is_min, eid, jnp.int32(n_entries)))
     win = jnp.minimum(win, n_entries - 1)
     from_tet = win < 4 * m
     wt = jnp.where(from_tet, win, 0)
     e_t, e_l = wt // 4, wt % 4
-    parents = geom.tets[e_t[:, None], jnp.asarray(_OTHERS)[e_l]]  # (n, 3)
+    parents = geom.tets[e_t[:, None], jnp.asarray(_OTHERS, jnp.int32)[e_l]]  # (n, 3)
     weights = jnp.where(from_tet[:, None], blam[e_t, e_l], 0.0)
     ws = jnp.where(from_tet, 0, win - 4 * m)
     src = jnp.where(from_tet, -1, ws // n_src)
