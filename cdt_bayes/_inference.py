@@ -562,7 +562,7 @@ def posterior_ecg(problem: FitProblem, draws: dict, activation: np.ndarray, key,
     c, d = activation.shape[:2]
     act = activation.reshape(c * d, -1)
     g = np.asarray(draws["gain"]).reshape(-1)
-    sh = np.asarray(draws["shift_ms"]).reshape(-1)
+    sh = np.asarray(draws["shift_ms"]).reshape(-1) if "shift_ms" in draws else np.zeros(c * d)
     sig = np.asarray(draws["sigma_mV"]).reshape(-1)
     f = jax.jit(jax.vmap(lambda a, g, s: model_ecg(a, g, s, data)))
     mu = np.empty((c * d,) + problem.obs.shape, np.float32)

@@ -32,8 +32,10 @@ it — what NUTS needs — and which is sampled exactly (prior predictive, SBC).
 constraint is therefore soft: PMJs sit within ~``layer_depth_mm + prior_kernel_mm`` of
 the endocardium. With ``constrain_to_layer = false`` every node is admissible.
 
-Sample sites: ``pmj_xyz_mm (n_pmj, 3)``, ``pmj_t_ms (n_pmj,)``, ``cv_scale``, ``gain``,
-``shift_ms``, ``sigma_mV`` and the observed ``ecg (n_leads, n_times)``.
+Sample sites: ``pmj_xyz_mm (n_pmj, 3)``, ``pmj_t_ms (n_pmj,)``, ``cv_scale`` (when
+velocities are inferred), ``gain``, ``shift_ms`` (only when ``shift_sd_ms > 0``: a common
+shift of all PMJ times is otherwise exactly confounded with it, a ridge that slows NUTS),
+``sigma_mV`` and the observed ``ecg (n_leads, n_times)``.
 """
 
 from __future__ import annotations
@@ -227,14 +229,15 @@ def _validate(spec: ModelSpec, src: str) -> ModelSpec:
         "dt_ms",
         "softmin_tau_ms",
         "gain_log_sd",
-        "shift_sd_ms",
         "noise_rel_scale",
     ):
         v = getattr(spec, key)
         if not (math.isfinite(v) and v > 0):
             bad(key, "must be positive and finite")
-    if not (math.isfinite(spec.cone_smoothing_ms) and spec.cone_smoothing_ms >= 0):
-        bad("cone_smoothing_ms", "must be >= 0")
+    for key in ("cone_smoothing_ms", "shift_sd_ms"):
+        v = getattr(spec, key)
+        if not (math.isfinite(v) and v >= 0):
+            bad(key, "must be >= 0 and finite")
     if spec.dt_ms not in (1.0, 2.0, 3.0, 4.0):
         bad("dt_ms", "must be 1, 2, 3 or 4 ms")
     return spec
@@ -490,7 +493,10 @@ def cdt_model(data: ModelData, spec: ModelSpec, obs=None, temper=1.0):
     else:
         scale = 1.0
     gain = numpyro.sample("gain", dist.LogNormal(jnp.log(data.gain0), spec.gain_log_sd))
-    shift = numpyro.sample("shift_ms", dist.Normal(0.0, spec.shift_sd_ms))
+    if spec.shift_sd_ms > 0:
+        shift = numpyro.sample("shift_ms", dist.Normal(0.0, spec.shift_sd_ms))
+    else:  # PMJ times already absorb a (positive) offset of the QRS onset
+        shift = 0.0
     sigma = numpyro.sample("sigma_mV", dist.HalfNormal(data.noise_scale))
     act = dictionary_activation(z, t, scale, data, spec.kernel_mm, spec.softmin_tau_ms, spec.cone_smoothing_ms)
     mu = model_ecg(act, gain, shift, data)

@@ -31,7 +31,7 @@ def test_map_fits_the_ecg(case):
     act = dictionary_activation(best["pmj_xyz_mm"], best["pmj_t_ms"], best["cv_scale"], prob.data, prob.spec.kernel_mm, None)
     from cdt_bayes._model import model_ecg
 
-    ecg = np.asarray(model_ecg(act, best["gain"], best["shift_ms"], prob.data))
+    ecg = np.asarray(model_ecg(act, best["gain"], best.get("shift_ms", 0.0), prob.data))
     r = ecg_correlation(clean.astype(np.float32), ecg)
     assert np.nanmean(r) > 0.97, r
 
