@@ -150,27 +150,42 @@ def _grad_case():
     return g, p, t0, w
 
 
+def _fd_check_x64():
+    """Gradients of a weighted sum of activation times vs central differences (float64)."""
+    g, p, t0, w = _grad_case()
+
+    def loss(p, t0, vf, vc, s):
+        return jnp.sum(w * E.activation_times(g, p, t0, vf, vc, s))
+
+    args = [jnp.asarray(p), jnp.asarray(t0), 0.6, 0.4, 1.0]
+    grads = jax.grad(loss, argnums=(0, 1, 2, 3, 4))(*args)
+    eps = 1e-6
+    for i, a in enumerate(args):
+        a = np.asarray(a, float)
+        fd = np.zeros_like(a)
+        for j in np.ndindex(a.shape):
+            d = np.zeros_like(a)
+            d[j] = eps
+            hi = [*args[:i], a + d, *args[i + 1 :]]
+            lo = [*args[:i], a - d, *args[i + 1 :]]
+            fd[j] = (loss(*hi) - loss(*lo)) / (2 * eps)
+        np.testing.assert_allclose(np.asarray(grads[i]), fd, rtol=1e-5, atol=1e-6)
+
+
 def test_gradients_match_finite_differences_x64():
-    with jax.enable_x64(True):
-        g, p, t0, w = _grad_case()
-        g = E.eikonal_geometry(Mesh(np.asarray(g.nodes), np.asarray(g.tets), fibres=np.asarray(g.fibres)))
+    """Run in a fresh interpreter with JAX_ENABLE_X64=1 (global float64, no state leaks)."""
+    if jax.config.jax_enable_x64:
+        _fd_check_x64()
+        return
+    import os
+    import subprocess
+    import sys
 
-        def loss(p, t0, vf, vc, s):
-            return jnp.sum(w * E.activation_times(g, p, t0, vf, vc, s))
-
-        args = [jnp.asarray(p), jnp.asarray(t0), 0.6, 0.4, 1.0]
-        grads = jax.grad(loss, argnums=(0, 1, 2, 3, 4))(*args)
-        eps = 1e-6
-        for i, a in enumerate(args):
-            a = np.asarray(a, float)
-            fd = np.zeros_like(a)
-            for j in np.ndindex(a.shape):
-                d = np.zeros_like(a)
-                d[j] = eps
-                hi = [*args[:i], a + d, *args[i + 1 :]]
-                lo = [*args[:i], a - d, *args[i + 1 :]]
-                fd[j] = (loss(*hi) - loss(*lo)) / (2 * eps)
-            np.testing.assert_allclose(np.asarray(grads[i]), fd, rtol=1e-5, atol=1e-6)
+    here = os.path.dirname(__file__)
+    code = "import sys; sys.path.insert(0, %r); import test_eikonal as T; T._fd_check_x64()" % here
+    env = {**os.environ, "JAX_ENABLE_X64": "1"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
 
 
 def test_gradient_finite_at_ties_and_nodes():
