@@ -182,6 +182,22 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _add_velocities(p: argparse.ArgumentParser, fixed: bool) -> None:
+    """``--cv-fiber``/``--cv-cross``: defaults 0.6/0.4 mm/ms, or (``fixed=False``) inferred."""
+    for opt, default, what in (
+        ("--cv-fiber", 0.6, "along the fibre"),
+        ("--cv-cross", 0.4, "across the fibre (sheet and normal)"),
+    ):
+        p.add_argument(
+            opt,
+            type=_positive("mm/ms"),
+            default=default if fixed else None,
+            metavar="V",
+            help=f"conduction velocity {what}, mm/ms"
+            + ("" if fixed else " (given: fixed; default: inferred under its prior)"),
+        )
+
+
 def _add_units(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--units",
@@ -281,20 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--electrodes", required=True, metavar="E", help="electrode CSV name,x_mm,y_mm,z_mm"
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument(
-        "--cv-fiber",
-        type=_positive("mm/ms"),
-        default=0.6,
-        metavar="V",
-        help="conduction velocity along the fibre, mm/ms",
-    )
-    p.add_argument(
-        "--cv-cross",
-        type=_positive("mm/ms"),
-        default=0.4,
-        metavar="V",
-        help="conduction velocity across the fibre (sheet and normal), mm/ms",
-    )
+    _add_velocities(p, fixed=True)
     _add_units(p)
     _add_endo(p)
     p.add_argument(
@@ -374,20 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="posterior draws per chain",
     )
     p.add_argument("--seed", type=_int_at_least(0), default=0, metavar="N", help="random seed")
-    p.add_argument(
-        "--cv-fiber",
-        type=_positive("mm/ms"),
-        default=None,
-        metavar="V",
-        help="fix the fibre conduction velocity, mm/ms (default: inferred under its prior)",
-    )
-    p.add_argument(
-        "--cv-cross",
-        type=_positive("mm/ms"),
-        default=None,
-        metavar="V",
-        help="fix the cross-fibre conduction velocity, mm/ms (default: inferred)",
-    )
+    _add_velocities(p, fixed=False)
     _add_units(p)
     p.add_argument(
         "--spec",
@@ -457,20 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="timed calls per measurement (the median is reported)",
     )
-    p.add_argument(
-        "--cv-fiber",
-        type=_positive("mm/ms"),
-        default=0.6,
-        metavar="V",
-        help="conduction velocity along the fibre, mm/ms",
-    )
-    p.add_argument(
-        "--cv-cross",
-        type=_positive("mm/ms"),
-        default=0.4,
-        metavar="V",
-        help="conduction velocity across the fibre, mm/ms",
-    )
+    _add_velocities(p, fixed=True)
     p.add_argument(
         "--electrodes",
         metavar="E",
