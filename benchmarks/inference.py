@@ -95,6 +95,7 @@ def main(argv=None) -> int:
             "coverage90": round(float(np.mean((node["q05"] <= truth) & (truth <= node["q95"]))), 3),
             "mean_sd_ms": round(float(node["sd"].mean()), 2),
             "ecg_r": round(float(np.nanmean(S.ecg_correlation(prob.obs, mu))), 4),
+            "ecg_r_clean": round(float(np.nanmean(S.ecg_correlation(ecg.astype(np.float32), mu))), 4),
             "draws": f"{act.shape[0]}x{act.shape[1]}",
         }
         if method == "nuts":
@@ -104,6 +105,7 @@ def main(argv=None) -> int:
                 min_ess_bulk=round(d["min_ess_bulk"], 1),
                 divergences=int(np.sum(res.sample_stats["diverging"])),
                 mean_tree_steps=round(float(np.mean(res.sample_stats["n_steps"])), 1),
+                step_size=round(float(np.mean(res.sample_stats["step_size"])), 4),
                 s_per_ess=round(res.seconds / max(d["min_ess_bulk"], 1e-9), 2),
                 notes="; ".join(res.notes),
             )
@@ -120,8 +122,8 @@ def main(argv=None) -> int:
         f"Distance dictionary: {t_dict:.0f} s (once per mesh, cached). "
         f"Log-density value+gradient: {grad_ms:.1f} ms (median of 30).\n\n"
     )
-    cols = ["method", "seconds", "draws", "rmse_ms", "coverage90", "mean_sd_ms", "ecg_r",
-            "max_rhat", "min_ess_bulk", "divergences", "mean_tree_steps", "s_per_ess", "notes"]
+    cols = ["method", "seconds", "draws", "rmse_ms", "coverage90", "mean_sd_ms", "ecg_r", "ecg_r_clean",
+            "max_rhat", "min_ess_bulk", "divergences", "mean_tree_steps", "step_size", "s_per_ess", "notes"]
     table = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
     for r in rows:
         table += "| " + " | ".join(str(r.get(c, "")) for c in cols) + " |\n"

@@ -256,11 +256,14 @@ def _adam(u_fn, u0, steps: int, lr, anneal: float = 0.6, beta0: float = 0.02):
     return jax.jit(jax.vmap(one))(u0)
 
 
-def _screen(u_fn, u: dict, keep: int, batch: int = 256) -> dict:
-    """Evaluate the potential on many prior draws; keep the ``keep`` best."""
-    f = jax.jit(jax.vmap(lambda x: u_fn(x, 1.0)))
-    n = next(iter(u.values())).shape[0]
-    vals = np.concatenate([np.asarray(f(jax.tree.map(lambda x: x[i : i + batch], u))) for i in range(0, n, batch)])
+def _screen(u_fn, u: dict, keep: int, batch: int = 8) -> dict:
+    """Evaluate the potential on many prior draws; keep the ``keep`` best.
+
+    ``lax.map`` in small batches: a wide ``vmap`` would gather ``batch × n_pmj ×
+    neighbours × n_nodes`` residual rows at once (gigabytes), for no gain on a CPU.
+    """
+    f = jax.jit(lambda x: jax.lax.map(lambda y: u_fn(y, 1.0), x, batch_size=batch))
+    vals = np.asarray(f(u))
     vals = np.where(np.isfinite(vals), vals, np.inf)
     best = np.argsort(vals)[:keep]
     return jax.tree.map(lambda x: x[best], u)
@@ -367,7 +370,7 @@ def _nuts_chain(
     def run_chunk(state, n):
         def body(s, _):
             s = kernel.sample(s, (), {})
-            return s, (s.z, s.diverging, s.num_steps, s.accept_prob, s.potential_energy)
+            return s, (s.z, s.diverging, s.num_steps, s.accept_prob, s.potential_energy, s.adapt_state.step_size)
 
         return jax.lax.scan(body, state, None, length=n)
 
@@ -381,10 +384,10 @@ def _nuts_chain(
                 truncated = True
                 break
             n = min(chunk, total - done, num_warmup - done if done < num_warmup else total - done)
-            state, (z, div, nst, acc, pe) = run_chunk(state, n)
+            state, (z, div, nst, acc, pe, eps) = run_chunk(state, n)
             if done >= num_warmup:
                 samples.append(jax.device_get(z))
-                stats.append(jax.device_get((div, nst, acc, pe)))
+                stats.append(jax.device_get((div, nst, acc, pe, eps)))
             done += n
             bar.update(n)
             bar.set_postfix_str(f"step {float(state.adapt_state.step_size):.3g}, tree {int(np.max(nst))}")
@@ -395,11 +398,12 @@ def _nuts_chain(
                 os.replace(tmp, ckpt)
     if samples:
         z = jax.tree.map(lambda *xs: np.concatenate(xs), *samples)
-        div, nst, acc, pe = (np.concatenate(x) for x in zip(*stats))
+        div, nst, acc, pe, eps = (np.concatenate(x) for x in zip(*stats))
     else:
         z = None
-        div = nst = acc = pe = np.zeros(0)
-    return z, {"diverging": div, "n_steps": nst, "acceptance_rate": acc, "lp": -pe}, truncated
+        div = nst = acc = pe = eps = np.zeros(0)
+    stats = {"diverging": div, "n_steps": nst, "acceptance_rate": acc, "lp": -pe, "step_size": eps}
+    return z, stats, truncated
 
 
 # --------------------------------------------------------------------------------------

@@ -69,6 +69,8 @@ __all__ = [
     "distance_dictionary",
     "dictionary_activation",
     "node_metric",
+    "kernel_weights",
+    "KERNEL_NEIGHBOURS",
     "straight_travel_time",
     "cdt_model",
 ]
@@ -394,10 +396,39 @@ class ModelData(NamedTuple):
     noise_scale: jax.Array
 
 
-def kernel_weights(z, sites, kernel_mm):
-    """Interpolation weights ``(n_pmj, n_sites)`` of continuous PMJ positions ``z (n_pmj, 3)``."""
+#: Sites entering the kernel interpolation of one PMJ (its nearest ones). With sites
+#: ``site_spacing_mm`` apart on the endocardial layer and ``kernel_mm`` about 2/3 of that,
+#: the 32nd-nearest site weighs ~1e-5 of the nearest: dropping the others changes travel
+#: times by < 1e-2 ms, and the cost no longer grows with the number of sites.
+KERNEL_NEIGHBOURS = 32
+
+
+def kernel_weights(z, sites, kernel_mm, neighbours: int | None = KERNEL_NEIGHBOURS):
+    """Interpolation weights of continuous PMJ positions over their nearest sites.
+
+    Parameters
+    ----------
+    z : (n_pmj, 3) mm
+    sites : (n_sites, 3) mm
+    kernel_mm : float
+        Gaussian kernel sd ``h``: ``w ∝ exp(−|z − x_s|² / 2h²)``.
+    neighbours : int or None
+        Keep the ``m`` nearest sites (``None``, or ``m ≥ n_sites``: all of them).
+
+    Returns
+    -------
+    w : (n_pmj, m) weights summing to one
+    idx : (n_pmj, m) int32 site indices
+    """
+    n_sites = sites.shape[0]
     d2 = jnp.sum((z[:, None, :] - sites[None]) ** 2, -1)
-    return jax.nn.softmax(-0.5 * d2 / kernel_mm**2, axis=-1)
+    if neighbours is None or neighbours >= n_sites:
+        idx = jnp.broadcast_to(jnp.arange(n_sites, dtype=jnp.int32), d2.shape)
+    else:
+        # the neighbour set is picked without gradient; the weights are recomputed from z
+        _, idx = jax.lax.top_k(-jax.lax.stop_gradient(d2), neighbours)
+        d2 = jnp.sum((z[:, None, :] - sites[idx]) ** 2, -1)
+    return jax.nn.softmax(-0.5 * d2 / kernel_mm**2, axis=-1), idx
 
 
 def straight_travel_time(z, metric, nodes, smoothing_ms: float = 0.0):
@@ -416,13 +447,28 @@ def straight_travel_time(z, metric, nodes, smoothing_ms: float = 0.0):
         ``δ``, ms (0: exact, with a 1e-3 ms floor keeping the gradient finite).
     """
     r = nodes[None] - z[:, None, :]
-    q = jnp.einsum("kni,kij,knj->kn", r, metric, r)
+    r0, r1, r2 = r[..., 0], r[..., 1], r[..., 2]
+    m = metric[:, None]
+    # the quadratic form written out: fused elementwise work (~10x faster than an einsum)
+    q = (
+        m[..., 0, 0] * r0 * r0
+        + m[..., 1, 1] * r1 * r1
+        + m[..., 2, 2] * r2 * r2
+        + 2.0 * (m[..., 0, 1] * r0 * r1 + m[..., 0, 2] * r0 * r2 + m[..., 1, 2] * r1 * r2)
+    )
     d = max(float(smoothing_ms), 1e-3)
-    return jnp.sqrt(q + d * d) - d
+    return jnp.sqrt(jnp.maximum(q, 0.0) + d * d) - d
 
 
 def dictionary_activation(
-    z, t, scale, data: ModelData, kernel_mm: float, tau_ms: float | None, cone_ms: float = 0.0
+    z,
+    t,
+    scale,
+    data: ModelData,
+    kernel_mm: float,
+    tau_ms: float | None,
+    cone_ms: float = 0.0,
+    neighbours: int | None = KERNEL_NEIGHBOURS,
 ):
     """Activation times ``(n_nodes,)`` ms from PMJs by the factored distance dictionary.
 
@@ -437,10 +483,16 @@ def dictionary_activation(
         Softmin temperature; ``None`` gives the exact minimum.
     cone_ms : float
         Rounding of the straight-line cone at each PMJ (see :func:`straight_travel_time`).
+    neighbours : int or None
+        Sites interpolated per PMJ, its nearest (see :data:`KERNEL_NEIGHBOURS`; ``None``: all).
+
+    Cost per call: ``n_pmj × neighbours × n_nodes`` for the residual plus ``n_pmj × n_nodes``
+    for the cone and the soft minimum — independent of the number of sites.
     """
-    w = kernel_weights(z, data.sites, kernel_mm)
-    metric = jnp.einsum("ks,sij->kij", w, data.site_metric)
-    travel = straight_travel_time(z, metric, data.nodes, cone_ms) + w @ data.dist
+    w, idx = kernel_weights(z, data.sites, kernel_mm, neighbours)
+    metric = jnp.einsum("km,kmij->kij", w, data.site_metric[idx])
+    resid = jnp.einsum("km,kmn->kn", w, data.dist[idx])
+    travel = straight_travel_time(z, metric, data.nodes, cone_ms) + resid
     arrival = t[:, None] + travel / scale  # (n_pmj, n_nodes)
     if tau_ms is None:
         return arrival.min(0)

@@ -138,3 +138,40 @@ def test_log_density_gradient_finite_and_matches_fd():
 def test_slab_case_is_small():
     mesh, _ = slab()
     assert mesh.n_nodes < 400
+
+
+def test_nearest_site_kernel_matches_all_sites():
+    """The fast path interpolates over the KERNEL_NEIGHBOURS nearest sites only: activation and
+    its gradient agree with the all-sites kernel (the slab has 162 sites, so truncation is real)."""
+    from cdt_bayes._model import KERNEL_NEIGHBOURS
+
+    prob, _, _ = _problem()
+    assert prob.data.sites.shape[0] > 4 * KERNEL_NEIGHBOURS
+    rng = np.random.default_rng(5)
+    sites = np.asarray(prob.data.sites)
+    z = jnp.asarray(sites[rng.choice(len(sites), 2, replace=False)] + rng.normal(scale=0.7, size=(2, 3)), jnp.float32)
+    t = jnp.asarray([0.0, 2.0])
+
+    def act(z, m):
+        return dictionary_activation(z, t, 1.0, prob.data, prob.spec.kernel_mm, 0.5, neighbours=m)
+
+    np.testing.assert_allclose(np.asarray(act(z, KERNEL_NEIGHBOURS)), np.asarray(act(z, None)), atol=1e-2)
+    w = jnp.asarray(rng.normal(size=prob.data.nodes.shape[0]), jnp.float32)
+    g_near = jax.grad(lambda z: jnp.dot(w, act(z, KERNEL_NEIGHBOURS)))(z)
+    g_all = jax.grad(lambda z: jnp.dot(w, act(z, None)))(z)
+    np.testing.assert_allclose(np.asarray(g_near), np.asarray(g_all), rtol=1e-3, atol=1e-3 * float(jnp.abs(g_all).max()))
+    # too few neighbours is measurably different: the check above can fail
+    assert float(jnp.abs(act(z, 2) - act(z, None)).max()) > 1e-2
+
+
+def test_straight_travel_time_is_the_metric_norm():
+    from cdt_bayes._model import straight_travel_time
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3, 3, 3))
+    metric = np.einsum("kij,klj->kil", a, a) + 0.1 * np.eye(3)  # SPD, non-diagonal
+    z, nodes = rng.normal(size=(3, 3)) * 5, rng.normal(size=(50, 3)) * 10
+    r = nodes[None] - z[:, None]
+    ref = np.sqrt(np.einsum("kni,kij,knj->kn", r, metric, r))
+    got = np.asarray(straight_travel_time(jnp.asarray(z), jnp.asarray(metric), jnp.asarray(nodes)))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=2e-3)
