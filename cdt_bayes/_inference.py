@@ -337,35 +337,58 @@ def _distinct_starts(u: dict, losses: np.ndarray, chains: int) -> list[int]:
 # --------------------------------------------------------------------------------------
 # NUTS with chunks, checkpoints and a time budget
 # --------------------------------------------------------------------------------------
-def _nuts_chain(
+def _nuts_chains(
     potential_fn,
-    u0: dict,
-    inv_mass: np.ndarray,
-    key,
+    starts: list[dict],
+    inv_masses: list[np.ndarray],
+    keys,
     num_warmup: int,
     num_samples: int,
-    ckpt: Path | None,
+    ckdir: Path | None,
     deadline: float | None,
     progress: bool,
-    label: str,
     max_tree_depth: int = 8,
     chunk: int = 25,
 ):
-    kernel = NUTS(
-        potential_fn=potential_fn,
-        inverse_mass_matrix=jnp.asarray(inv_mass, jnp.float32),
-        adapt_mass_matrix=False,
-        dense_mass=True,
-        max_tree_depth=max_tree_depth,
-        target_accept_prob=0.8,
-    )
-    state = kernel.init(key, num_warmup, init_params=u0)
-    done, samples, stats = 0, [], []
-    if ckpt is not None and ckpt.exists():
-        with open(ckpt, "rb") as fh:
-            saved = pickle.load(fh)
-        state = jax.tree.map(jnp.asarray, saved["state"])
-        done, samples, stats = saved["done"], saved["samples"], saved["stats"]
+    """Run NUTS chains in round-robin chunks of ``chunk`` iterations.
+
+    Every chain advances one chunk in turn, so a wall-time budget cuts all chains at
+    (nearly) the same length and the between-chain diagnostics stay computable. The
+    inverse mass matrix (dense, fixed) and the adapted step size live in each chain's
+    state, so one compiled chunk serves every chain. After each chunk the chain's state,
+    draws and statistics are checkpointed (``ckdir/chain<c>.pkl``); an existing
+    checkpoint is resumed.
+
+    Returns
+    -------
+    draws : list (one per chain) of dicts of unconstrained draws ``(n_draws, ...)``, or None
+    stats : list of dicts ``diverging, n_steps, acceptance_rate, lp, step_size``
+    truncated : bool, True when the deadline stopped sampling early
+    """
+
+    def make_kernel(inv_mass):
+        return NUTS(
+            potential_fn=potential_fn,
+            inverse_mass_matrix=jnp.asarray(inv_mass, jnp.float32),
+            adapt_mass_matrix=False,
+            dense_mass=True,
+            max_tree_depth=max_tree_depth,
+            target_accept_prob=0.8,
+        )
+
+    n_chains = len(starts)
+    kernel = make_kernel(inv_masses[0])
+    chains = []
+    for c in range(n_chains):
+        k = kernel if c == 0 else make_kernel(inv_masses[c])
+        rec = {"state": k.init(keys[c], num_warmup, init_params=starts[c]), "done": 0, "samples": [], "stats": []}
+        ckpt = ckdir / f"chain{c}.pkl" if ckdir is not None else None
+        if ckpt is not None and ckpt.exists():
+            with open(ckpt, "rb") as fh:
+                saved = pickle.load(fh)
+            rec = {**saved, "state": jax.tree.map(jnp.asarray, saved["state"])}
+        rec["ckpt"] = ckpt
+        chains.append(rec)
 
     def run_chunk(state, n):
         def body(s, _):
@@ -377,33 +400,43 @@ def _nuts_chain(
     run_chunk = jax.jit(run_chunk, static_argnums=1)
     total = num_warmup + num_samples
     truncated = False
-    with progress_bar(total=total, desc=label, disable=not progress) as bar:
-        bar.update(done)
-        while done < total:
-            if deadline is not None and time.time() > deadline:
-                truncated = True
-                break
-            n = min(chunk, total - done, num_warmup - done if done < num_warmup else total - done)
-            state, (z, div, nst, acc, pe, eps) = run_chunk(state, n)
-            if done >= num_warmup:
-                samples.append(jax.device_get(z))
-                stats.append(jax.device_get((div, nst, acc, pe, eps)))
-            done += n
-            bar.update(n)
-            bar.set_postfix_str(f"step {float(state.adapt_state.step_size):.3g}, tree {int(np.max(nst))}")
-            if ckpt is not None:
-                tmp = ckpt.with_suffix(".tmp")
-                with open(tmp, "wb") as fh:
-                    pickle.dump({"state": jax.device_get(state), "done": done, "samples": samples, "stats": stats}, fh)
-                os.replace(tmp, ckpt)
-    if samples:
-        z = jax.tree.map(lambda *xs: np.concatenate(xs), *samples)
-        div, nst, acc, pe, eps = (np.concatenate(x) for x in zip(*stats))
-    else:
-        z = None
-        div = nst = acc = pe = eps = np.zeros(0)
-    stats = {"diverging": div, "n_steps": nst, "acceptance_rate": acc, "lp": -pe, "step_size": eps}
-    return z, stats, truncated
+    desc = f"NUTS {n_chains} chain{'s' if n_chains > 1 else ''} x {num_warmup}+{num_samples}"
+    with progress_bar(total=n_chains * total, desc=desc, disable=not progress) as bar:
+        bar.update(sum(r["done"] for r in chains))
+        while not truncated and any(r["done"] < total for r in chains):
+            for c, rec in enumerate(chains):
+                done = rec["done"]
+                if done >= total:
+                    continue
+                if deadline is not None and time.time() > deadline:
+                    truncated = True
+                    break
+                n = min(chunk, num_warmup - done if done < num_warmup else total - done)
+                state, (z, div, nst, acc, pe, eps) = run_chunk(rec["state"], n)
+                rec["state"] = state
+                if done >= num_warmup:
+                    rec["samples"].append(jax.device_get(z))
+                    rec["stats"].append(jax.device_get((div, nst, acc, pe, eps)))
+                rec["done"] = done + n
+                bar.update(n)
+                bar.set_postfix_str(f"chain {c + 1}: step {float(state.adapt_state.step_size):.3g}, tree {int(np.max(nst))}")
+                if rec["ckpt"] is not None:
+                    tmp = rec["ckpt"].with_suffix(".tmp")
+                    keep = {k: rec[k] for k in ("done", "samples", "stats")}
+                    with open(tmp, "wb") as fh:
+                        pickle.dump({**keep, "state": jax.device_get(state)}, fh)
+                    os.replace(tmp, rec["ckpt"])
+    draws, stats = [], []
+    for rec in chains:
+        if rec["samples"]:
+            z = jax.tree.map(lambda *xs: np.concatenate(xs), *rec["samples"])
+            div, nst, acc, pe, eps = (np.concatenate(x) for x in zip(*rec["stats"]))
+        else:
+            z = None
+            div = nst = acc = pe = eps = np.zeros(0)
+        draws.append(z)
+        stats.append({"diverging": div, "n_steps": nst, "acceptance_rate": acc, "lp": -pe, "step_size": eps})
+    return draws, stats, truncated
 
 
 # --------------------------------------------------------------------------------------
@@ -498,31 +531,20 @@ def fit(
     else:
         idx = _distinct_starts(u, losses, chains)
         keys = jax.random.split(k_run, chains)
-        chain_z, chain_stats = [], []
         ckdir = Path(checkpoint_dir) if checkpoint_dir else None
         if ckdir is not None:
             ckdir.mkdir(parents=True, exist_ok=True)
-        for c in range(chains):
-            u0 = jax.tree.map(lambda x, i=idx[c]: x[i], u)
-            inv_mass = _laplace_inverse_mass(potential_fn, u0)
-            z, st, truncated = _nuts_chain(
-                potential_fn,
-                u0,
-                inv_mass,
-                keys[c],
-                num_warmup,
-                num_samples,
-                ckdir / f"chain{c}.pkl" if ckdir else None,
-                deadline,
-                progress,
-                f"NUTS chain {c + 1}/{chains}",
-            )
-            if truncated:
-                notes.append(f"time budget reached during chain {c + 1}")
-            if z is None:
-                break
-            chain_z.append(z)
-            chain_stats.append(st)
+        starts = [jax.tree.map(lambda x, i=i: x[i], u) for i in idx]
+        inv_masses = [_laplace_inverse_mass(potential_fn, u0) for u0 in starts]
+        all_z, all_stats, truncated = _nuts_chains(
+            potential_fn, starts, inv_masses, keys, num_warmup, num_samples, ckdir, deadline, progress
+        )
+        if truncated:
+            notes.append("time budget reached")
+        chain_z = [z for z in all_z if z is not None]
+        chain_stats = [st for z, st in zip(all_z, all_stats) if z is not None]
+        if len(chain_z) < chains and chain_z:
+            notes.append(f"only {len(chain_z)} of {chains} chains reached the sampling phase")
         if not chain_z:
             raise CdtBayesError("--time-budget: spent before any draw was taken; raise the budget")
         n = min(len(next(iter(z.values()))) for z in chain_z)
