@@ -310,16 +310,23 @@ def find_map(
     return u, loss[order], potential_fn, postprocess_fn, supports
 
 
-def _laplace_inverse_mass(potential_fn, u: dict, floor: float = 1e-2) -> np.ndarray:
-    """Dense inverse mass matrix = inverse Hessian of the potential at ``u`` (regularised)."""
-    flat, unravel = ravel_pytree(u)
-    h = jax.hessian(lambda f: potential_fn(unravel(f)))(flat)
-    h = np.asarray(h, np.float64)
-    h = 0.5 * (h + h.T)
-    if not np.all(np.isfinite(h)):
-        return np.eye(flat.size)
-    w, v = np.linalg.eigh(h)
-    w = np.clip(w, floor, None)
+def _curvature_inverse_mass(potential_fn, points: list[dict], floor: float = 1e-2) -> np.ndarray:
+    """Dense inverse mass matrix from the Hessian of the potential averaged over ``points``.
+
+    One point (a MAP optimum) gives the Laplace approximation. The eigenvalues enter by
+    absolute value, floored at ``floor``: a MAP reached by a finite optimiser can sit on a
+    saddle, and a negative eigenvalue clipped to a tiny floor would claim a huge posterior
+    spread in a direction the posterior may well be narrow in. Averaging over draws from
+    a first warm-up stage replaces the curvature of one point by that of the bulk.
+    """
+    flat0, unravel = ravel_pytree(points[0])
+    hess = jax.jit(jax.hessian(lambda f: potential_fn(unravel(f))))
+    hs = [np.asarray(hess(ravel_pytree(p)[0]), np.float64) for p in points]
+    hs = [0.5 * (h + h.T) for h in hs if np.all(np.isfinite(h))]
+    if not hs:
+        return np.eye(flat0.size)
+    w, v = np.linalg.eigh(np.mean(hs, axis=0))
+    w = np.maximum(np.abs(w), floor)
     return (v / w) @ v.T
 
 
@@ -337,6 +344,23 @@ def _distinct_starts(u: dict, losses: np.ndarray, chains: int) -> list[int]:
 # --------------------------------------------------------------------------------------
 # NUTS with chunks, checkpoints and a time budget
 # --------------------------------------------------------------------------------------
+def _plan_iterations(
+    done: int, num_warmup: int, num_samples: int, per_iter_s: float, seconds_left: float, n_chains: int
+) -> tuple[int, int] | None:
+    """Warm-up and sampling iterations per chain that fit in the time left, or None if all do.
+
+    ``done`` iterations per chain are behind us (all in warm-up); the rest run round-robin at
+    ``per_iter_s`` seconds each. The shortened schedule keeps the asked warm-up fraction, at
+    least one more warm-up iteration and at least one draw.
+    """
+    total = num_warmup + num_samples
+    fit_iters = done + int(max(seconds_left, 0.0) / (n_chains * max(per_iter_s, 1e-9)))
+    if fit_iters >= total or done >= num_warmup:
+        return None
+    new_warmup = max(done + 1, int(round(num_warmup / total * fit_iters)))
+    return new_warmup, max(1, fit_iters - new_warmup)
+
+
 def _nuts_chains(
     potential_fn,
     starts: list[dict],
@@ -364,6 +388,7 @@ def _nuts_chains(
     draws : list (one per chain) of dicts of unconstrained draws ``(n_draws, ...)``, or None
     stats : list of dicts ``diverging, n_steps, acceptance_rate, lp, step_size``
     truncated : bool, True when the deadline stopped sampling early
+    plan_note : str or None, set when a time budget shortened warm-up and sampling
     """
 
     def make_kernel(inv_mass):
@@ -390,19 +415,26 @@ def _nuts_chains(
         rec["ckpt"] = ckpt
         chains.append(rec)
 
-    def run_chunk(state, n):
-        def body(s, _):
-            s = kernel.sample(s, (), {})
-            return s, (s.z, s.diverging, s.num_steps, s.accept_prob, s.potential_energy, s.adapt_state.step_size)
+    def compile_chunk(kernel):
+        def run_chunk(state, n):
+            def body(s, _):
+                s = kernel.sample(s, (), {})
+                return s, (s.z, s.diverging, s.num_steps, s.accept_prob, s.potential_energy, s.adapt_state.step_size)
 
-        return jax.lax.scan(body, state, None, length=n)
+            return jax.lax.scan(body, state, None, length=n)
 
-    run_chunk = jax.jit(run_chunk, static_argnums=1)
+        return jax.jit(run_chunk, static_argnums=1)
+
+    run_chunk = compile_chunk(kernel)
     total = num_warmup + num_samples
     truncated = False
+    replan = deadline is not None and all(r["done"] == 0 for r in chains)
+    timings: list[float] = []  # seconds per iteration of compiled chunks
+    plan_note = None
     desc = f"NUTS {n_chains} chain{'s' if n_chains > 1 else ''} x {num_warmup}+{num_samples}"
     with progress_bar(total=n_chains * total, desc=desc, disable=not progress) as bar:
         bar.update(sum(r["done"] for r in chains))
+        first_call = True
         while not truncated and any(r["done"] < total for r in chains):
             for c, rec in enumerate(chains):
                 done = rec["done"]
@@ -412,7 +444,12 @@ def _nuts_chains(
                     truncated = True
                     break
                 n = min(chunk, num_warmup - done if done < num_warmup else total - done)
+                t_chunk = time.time()
                 state, (z, div, nst, acc, pe, eps) = run_chunk(rec["state"], n)
+                jax.block_until_ready(state.z)
+                if not first_call:
+                    timings.append((time.time() - t_chunk) / n)
+                first_call = False
                 rec["state"] = state
                 if done >= num_warmup:
                     rec["samples"].append(jax.device_get(z))
@@ -426,6 +463,31 @@ def _nuts_chains(
                     with open(tmp, "wb") as fh:
                         pickle.dump({**keep, "state": jax.device_get(state)}, fh)
                     os.replace(tmp, rec["ckpt"])
+            if replan and timings and all(r["done"] > 0 for r in chains):
+                # Budget planning, once: if the requested iterations cannot all run before the
+                # deadline, shorten warm-up and sampling alike (same proportions), so that every
+                # chain still warms up and draws instead of the budget ending mid-warm-up.
+                replan = False
+                done = min(r["done"] for r in chains)
+                per_iter = float(np.median(timings))
+                plan = _plan_iterations(done, num_warmup, num_samples, per_iter, deadline - time.time(), n_chains)
+                if plan is not None:
+                    new_warmup, new_samples = plan
+                    kernel = make_kernel(inv_masses[0])
+                    for c, rec in enumerate(chains):
+                        k = kernel if c == 0 else make_kernel(inv_masses[c])
+                        key = jax.random.fold_in(keys[c], 1)
+                        rec["state"] = k.init(key, new_warmup - rec["done"], init_params=rec["state"].z)
+                    run_chunk = compile_chunk(kernel)
+                    first_call = True
+                    plan_note = (
+                        f"time budget: {per_iter:.2f} s per iteration, so warm-up was shortened to "
+                        f"{new_warmup} and sampling to {new_samples} iterations per chain "
+                        f"(asked: {num_warmup} + {num_samples})"
+                    )
+                    num_warmup, num_samples, total = new_warmup, new_samples, new_warmup + new_samples
+                    bar.total = sum(r["done"] for r in chains) + n_chains * (total - done)
+                    bar.refresh()
     draws, stats = [], []
     for rec in chains:
         if rec["samples"]:
@@ -436,7 +498,7 @@ def _nuts_chains(
             div = nst = acc = pe = eps = np.zeros(0)
         draws.append(z)
         stats.append({"diverging": div, "n_steps": nst, "acceptance_rate": acc, "lp": -pe, "step_size": eps})
-    return draws, stats, truncated
+    return draws, stats, truncated, plan_note
 
 
 # --------------------------------------------------------------------------------------
@@ -535,10 +597,12 @@ def fit(
         if ckdir is not None:
             ckdir.mkdir(parents=True, exist_ok=True)
         starts = [jax.tree.map(lambda x, i=i: x[i], u) for i in idx]
-        inv_masses = [_laplace_inverse_mass(potential_fn, u0) for u0 in starts]
-        all_z, all_stats, truncated = _nuts_chains(
+        inv_masses = [_curvature_inverse_mass(potential_fn, [u0]) for u0 in starts]
+        all_z, all_stats, truncated, plan_note = _nuts_chains(
             potential_fn, starts, inv_masses, keys, num_warmup, num_samples, ckdir, deadline, progress
         )
+        if plan_note:
+            notes.append(plan_note)
         if truncated:
             notes.append("time budget reached")
         chain_z = [z for z in all_z if z is not None]

@@ -20,6 +20,9 @@ def progress_bar(total: int, desc: str, disable: bool = False, unit: str = "it")
             def set_postfix_str(self, s):
                 pass
 
+            def refresh(self):
+                pass
+
         yield _Null()
         return
     from tqdm.auto import tqdm

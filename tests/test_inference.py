@@ -111,3 +111,33 @@ def test_cli_fit_end_to_end(tmp_path):
     j = json.loads((tmp_path / "fit" / "summary.json").read_text())
     assert j["method"] == "map" and j["n_pmj"] == 2 and j["ecg_correlation"] > 0.9
     assert not (tmp_path / "fit" / ".checkpoint").exists()
+
+
+def test_budget_planning_keeps_proportions():
+    from cdt_bayes._inference import _plan_iterations
+
+    # everything fits: no change
+    assert _plan_iterations(25, 300, 500, 0.1, 1e6, 4) is None
+    # 4 chains, 1 s per iteration, 400 s left: 100 more iterations per chain, 125 in all
+    w, n = _plan_iterations(25, 300, 500, 1.0, 400.0, 4)
+    assert w + n == 125 and w == round(300 / 800 * 125)
+    # budget nearly spent: still one more warm-up iteration and one draw
+    assert _plan_iterations(25, 300, 500, 1.0, 0.0, 4) == (26, 1)
+    # already sampling: no replanning
+    assert _plan_iterations(350, 300, 500, 1.0, 10.0, 4) is None
+
+
+def test_time_budget_cuts_chains_alike(case):
+    """Round-robin chunks: a budget that ends mid-run leaves every chain with as many draws."""
+    prob, _, _ = case
+    kw = dict(chains=2, num_warmup=25, num_samples=100000, seed=1, n_starts=2, map_steps=50, progress=False)
+    import time
+
+    t0 = time.time()
+    r = fit(prob, "nuts", time_budget_s=1e6, **{**kw, "num_samples": 25})
+    one = time.time() - t0  # MAP + compile + 2 x 50 iterations
+    r = fit(prob, "nuts", time_budget_s=one + 5.0, **kw)
+    assert r.draws["pmj_t_ms"].shape[0] == 2
+    n = r.draws["pmj_t_ms"].shape[1]
+    assert 0 < n < 100000
+    assert any("budget" in s for s in r.notes)
