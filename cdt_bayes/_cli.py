@@ -401,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive("s"),
         default=None,
         metavar="SECONDS",
-        help="stop sampling after this wall time, s (the draws so far are kept)",
+        help="wall-time budget of the fit, s: NUTS shortens warm-up and draws alike to fit it, "
+        "and stops there (the draws so far are kept)",
     )
     _add_leads(p)
     _add_endo(p)
