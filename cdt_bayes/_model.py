@@ -11,7 +11,7 @@ where ``d(p, x)`` is the anisotropic geodesic travel time (ms at the base veloci
 velocities by ``s`` divides every travel time by ``s``). ``d`` is precomputed with the
 tetrahedral eikonal solver (:mod:`cdt_bayes._eikonal`) from a set of *sites* — a
 ~``site_spacing_mm`` subsample of the admissible nodes — to every node, and evaluated at
-a continuous PMJ position ``z`` by Gaussian-kernel interpolation over the sites,
+a continuous PMJ position ``z`` by Gaussian-kernel interpolation over its 32 nearest sites,
 ``w = softmax(−|z − x_s|² / 2h²)``, in *factored* form:
 
     d(z, x) = ‖x − z‖_{M(z)} + Σ_s w_s(z) R[s, x],   R[s, x] = D[s, x] − ‖x − x_s‖_{M_s}
@@ -19,7 +19,8 @@ a continuous PMJ position ``z`` by Gaussian-kernel interpolation over the sites,
 The straight-line term (metric ``M = D⁻¹`` of the sites, kernel-averaged) carries the
 cone singularity at the PMJ exactly; only the smooth residual ``R`` (detours around the
 cavities, fibre rotation) is interpolated. This keeps the activation near each PMJ exact
-on a coarse site set (~6 mm), smooth everywhere, with no neighbour-set kinks. ``softmin`` with temperature ``τ`` is within ``τ log K`` of the
+on a coarse site set (~6 mm), smooth everywhere (sites beyond the 32 nearest weigh ~1e-5,
+so the changing neighbour set leaves no visible kink). ``softmin`` with temperature ``τ`` is within ``τ log K`` of the
 exact minimum. The full eikonal (exact min, inferred velocity fields) is kept for
 precomputation and verification (``tests/test_model.py`` checks the two agree).
 
