@@ -30,7 +30,16 @@ from ._geometry import (
     endo_distance,
     locate_points,
 )
-from ._inference import FitProblem, FitResult, build_problem, find_map, fit, posterior_activation
+from ._inference import (
+    FitProblem,
+    FitResult,
+    build_problem,
+    evidence_weights,
+    find_map,
+    fit,
+    laplace_optima,
+    posterior_activation,
+)
 from ._io import (
     atomic_output_dir,
     load_mesh,
@@ -81,9 +90,11 @@ __all__ = [
     "eikonal_geometry",
     "eikonal_params",
     "endo_distance",
+    "evidence_weights",
     "find_map",
     "fit",
     "generate_biventricular",
+    "laplace_optima",
     "lead_matrix",
     "list_specs",
     "load_lead_field",

@@ -404,6 +404,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="wall-time budget of the fit, s: NUTS shortens warm-up and draws alike to fit it, "
         "and stops there (the draws so far are kept)",
     )
+    p.add_argument(
+        "--chain-starts",
+        choices=("evidence", "distinct"),
+        default="evidence",
+        help="NUTS chain starts: 'evidence' (default) shares chains among the MAP optima by "
+        "their Laplace evidence, skipping optima with < 0.1%% of it; 'distinct' puts one chain "
+        "in each optimum, best first, whatever its weight",
+    )
     _add_leads(p)
     _add_endo(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")

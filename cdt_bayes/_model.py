@@ -36,7 +36,8 @@ the endocardium. With ``constrain_to_layer = false`` every node is admissible.
 Sample sites: ``pmj_xyz_mm (n_pmj, 3)``, ``pmj_t_ms (n_pmj,)``, ``cv_scale`` (when
 velocities are inferred), ``gain``, ``shift_ms`` (only when ``shift_sd_ms > 0``: a common
 shift of all PMJ times is otherwise exactly confounded with it, a ridge that slows NUTS),
-``sigma_mV`` and the observed ``ecg (n_leads, n_times)``.
+``sigma_mV``, ``noise_rho`` (only with ``likelihood = "ar1"``: lag-one correlation of the
+residual, which model error makes smooth in time) and the observed ``ecg (n_leads, n_times)``.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ __all__ = [
     "KERNEL_NEIGHBOURS",
     "straight_travel_time",
     "cdt_model",
+    "AR1Normal",
+    "ar1_noise",
 ]
 
 
@@ -92,6 +95,7 @@ _SCHEMA: dict[str, dict[str, type | tuple]] = {
     },
     "conduction": {"cv_fiber": float, "cv_cross": float, "infer_scale": bool, "scale_log_sd": float},
     "ecg": {"leads": (str, list), "dt_ms": float, "softmin_tau_ms": float, "cone_smoothing_ms": float},
+    "noise": {"ar1_rho_max": float},
     "priors": {"gain_log_sd": float, "shift_sd_ms": float, "noise_rel_scale": float},
 }
 
@@ -122,6 +126,7 @@ class ModelSpec:
     gain_log_sd: float
     shift_sd_ms: float
     noise_rel_scale: float
+    ar1_rho_max: float = 0.98
     source: str = ""
 
     def replace(self, **kw) -> ModelSpec:
@@ -201,7 +206,8 @@ def load_spec(name_or_path: str | Path = "default", **overrides) -> ModelSpec:
             if not isinstance(val, typ) or (typ is int and isinstance(val, bool)):
                 raise SpecError(f"{src}: [{sec}] {key} = {val!r} has the wrong type")
             flat[key] = val
-    missing = [f.name for f in dataclasses.fields(ModelSpec) if f.name not in flat and f.name != "source"]
+    optional = {"source", "ar1_rho_max"}  # keys with a default (added after specs were shipped)
+    missing = [f.name for f in dataclasses.fields(ModelSpec) if f.name not in flat and f.name not in optional]
     missing = [m for m in missing if m not in overrides]
     if missing:
         raise SpecError(f"{src}: missing keys {', '.join(missing)}")
@@ -217,8 +223,10 @@ def _validate(spec: ModelSpec, src: str) -> ModelSpec:
 
     if spec.n_pmj < 1:
         bad("n_pmj", "must be >= 1")
-    if spec.likelihood not in ("normal", "student_t"):
-        bad("likelihood", "must be 'normal' or 'student_t'")
+    if spec.likelihood not in ("normal", "student_t", "ar1"):
+        bad("likelihood", "must be 'normal', 'student_t' or 'ar1'")
+    if not (0.0 < spec.ar1_rho_max < 1.0):
+        bad("ar1_rho_max", "must be in (0, 1)")
     for key in (
         "student_nu",
         "layer_depth_mm",
@@ -368,6 +376,69 @@ class LayerPrior(dist.Distribution):
         d2 = jnp.sum((value[..., None, :] - self.sites) ** 2, -1)
         n = self.sites.shape[0]
         return jax.nn.logsumexp(-0.5 * d2 / h2, -1) - jnp.log(n) - 1.5 * jnp.log(2 * jnp.pi * h2)
+
+
+class AR1Normal(dist.Distribution):
+    """Stationary Gaussian AR(1) noise around a mean, independent between leads.
+
+    ``e = x − loc``; per lead ``e_0 ~ N(0, σ²)`` and ``e_t = ρ e_{t−1} + sqrt(1 − ρ²) σ ξ_t``
+    with ``ξ_t ~ N(0, 1)``: marginal sd ``σ`` at every sample, correlation ``ρ^|i−j|`` between
+    samples ``|i − j|`` steps apart.
+
+    Parameters
+    ----------
+    loc : (..., n_leads, n_times) mean, mV
+    scale : () marginal sd ``σ``, mV
+    rho : () lag-one correlation, ``0 ≤ ρ < 1``
+
+    Event shape ``(n_leads, n_times)``.
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive, "rho": constraints.unit_interval}
+    support = constraints.independent(constraints.real, 2)
+    reparametrized_params = ["loc", "scale", "rho"]
+
+    def __init__(self, loc, scale, rho, *, validate_args=None):
+        self.loc = jnp.asarray(loc)
+        self.scale = jnp.asarray(scale)
+        self.rho = jnp.asarray(rho)
+        batch = self.loc.shape[:-2]
+        super().__init__(batch_shape=batch, event_shape=self.loc.shape[-2:], validate_args=validate_args)
+
+    def sample(self, key, sample_shape=()):
+        """Draws of shape ``sample_shape + batch_shape + (n_leads, n_times)``."""
+        shape = sample_shape + self.batch_shape + self.event_shape
+        return self.loc + ar1_noise(key, shape, self.rho, self.scale)
+
+    def log_prob(self, value):
+        """Exact log density (the innovations form of the AR(1) likelihood)."""
+        e = value - self.loc
+        s2 = self.scale**2
+        inn_var = s2 * (1.0 - self.rho**2)
+        innov = e[..., 1:] - self.rho * e[..., :-1]
+        n_lead, n_t = self.event_shape
+        lp0 = -0.5 * jnp.sum(e[..., 0] ** 2, -1) / s2 - 0.5 * n_lead * jnp.log(2 * jnp.pi * s2)
+        lp1 = -0.5 * jnp.sum(innov**2, (-2, -1)) / inn_var - 0.5 * n_lead * (n_t - 1) * jnp.log(2 * jnp.pi * inn_var)
+        return lp0 + lp1
+
+
+def ar1_noise(key, shape, rho, scale=1.0):
+    """Stationary AR(1) noise along the last axis: marginal sd ``scale``, lag-one corr ``rho``.
+
+    ``rho`` and ``scale`` broadcast against ``shape[:-2]`` (e.g. one value per draw).
+    """
+    xi = jax.random.normal(key, shape)
+    rho = jnp.asarray(rho)[..., None]
+    c = jnp.sqrt(1.0 - rho**2)
+
+    def step(prev, x):
+        cur = rho * prev + c * x
+        return cur, cur
+
+    first = xi[..., 0]
+    _, rest = jax.lax.scan(step, first, jnp.moveaxis(xi[..., 1:], -1, 0))
+    out = jnp.concatenate([first[..., None], jnp.moveaxis(rest, 0, -1)], axis=-1)
+    return jnp.asarray(scale)[..., None, None] * out if jnp.ndim(scale) else scale * out
 
 
 class ModelData(NamedTuple):
@@ -554,8 +625,11 @@ def cdt_model(data: ModelData, spec: ModelSpec, obs=None, temper=1.0):
     act = dictionary_activation(z, t, scale, data, spec.kernel_mm, spec.softmin_tau_ms, spec.cone_smoothing_ms)
     mu = model_ecg(act, gain, shift, data)
     if spec.likelihood == "student_t":
-        like = dist.StudentT(spec.student_nu, mu, sigma)
+        like = dist.StudentT(spec.student_nu, mu, sigma).to_event(2)
+    elif spec.likelihood == "ar1":
+        rho = numpyro.sample("noise_rho", dist.Uniform(0.0, spec.ar1_rho_max))
+        like = AR1Normal(mu, sigma, rho)
     else:
-        like = dist.Normal(mu, sigma)
+        like = dist.Normal(mu, sigma).to_event(2)
     with numpyro.handlers.scale(scale=temper):
-        numpyro.sample("ecg", like.to_event(2), obs=obs)
+        numpyro.sample("ecg", like, obs=obs)

@@ -137,6 +137,8 @@ def summarise(problem: FitProblem, result: FitResult, extras: dict) -> tuple[dic
         },
         "notes": list(result.notes),
     }
+    if result.optima:
+        summary["map_optima"] = result.optima
     if result.method == "nuts":
         diag = S.diagnostics(act, extras["ecg_model"])
         div = int(np.sum(result.sample_stats["diverging"]))
@@ -267,6 +269,7 @@ def run_fit_cli(args) -> int:
         seed=args.seed,
         checkpoint_dir=ckpt,
         time_budget_s=args.time_budget,
+        chain_starts=getattr(args, "chain_starts", "evidence"),
         progress=progress,
     )
     with atomic_output_dir(out) as stage:

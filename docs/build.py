@@ -457,9 +457,15 @@ def render_priors(cdt) -> str:
             "noise sd per sample, shared by all leads",
         ],
         [
+            '`noise_rho` (only when `likelihood = "ar1"`)',
+            f"Uniform(0, `ar1_rho_max` = {s['ar1_rho_max']:g})",
+            "lag-one correlation of the noise between neighbouring samples",
+        ],
+        [
             "`ecg` (observed; n_leads, n_times), mV",
             "Normal(gain · ECG(T + shift), sigma) independently per lead and sample "
-            f'(`likelihood = "student_t"`: Student-t with `student_nu` = {s["student_nu"]:g})',
+            f'(`likelihood = "student_t"`: Student-t with `student_nu` = {s["student_nu"]:g}; '
+            '`"ar1"`: Gaussian AR(1) in time per lead, marginal sd sigma, correlation noise_rho^lag)',
             f"compared every `dt_ms` = {s['dt_ms']:g} ms",
         ],
     ]

@@ -141,3 +141,22 @@ def test_time_budget_cuts_chains_alike(case):
     n = r.draws["pmj_t_ms"].shape[1]
     assert 0 < n < 100000
     assert any("budget" in s for s in r.notes)
+
+
+def test_chain_starts_follow_laplace_weights(case):
+    prob, _, _ = case
+    kw = dict(chains=3, num_warmup=5, num_samples=5, seed=1, n_starts=4, map_steps=60, progress=False)
+    with pytest.raises(CdtBayesError, match="chain-starts"):
+        fit(prob, "nuts", chain_starts="bogus", **kw)
+    ev = fit(prob, "nuts", **kw)
+    assert sum(o["chains"] for o in ev.optima) == 3
+    assert np.isclose(sum(o["weight"] for o in ev.optima), 1.0)
+    # no chain in an optimum holding < 0.1 % of the evidence; the heaviest always has one
+    assert all(o["chains"] == 0 for o in ev.optima if o["weight"] < 1e-3)
+    assert max(ev.optima, key=lambda o: o["weight"])["chains"] >= 1
+    assert any("Laplace evidence" in n for n in ev.notes)
+    # dispersed starts: chains sharing an optimum still differ from their first draw on
+    first = ev.draws["pmj_xyz_mm"][:, 0]
+    assert len({first[c].tobytes() for c in range(3)}) == 3
+    di = fit(prob, "nuts", chain_starts="distinct", **kw)
+    assert [o["chains"] for o in di.optima] == [1, 1, 1, 0]
