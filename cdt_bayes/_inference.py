@@ -726,8 +726,9 @@ def fit(
         if ckdir is not None:
             ckdir.mkdir(parents=True, exist_ok=True)
         k_disp = jax.random.split(jax.random.fold_in(k_run, 7), chains)
+        pot_jit = jax.jit(potential_fn)
         starts = [
-            _dispersed_start(potential_fn, jax.tree.map(lambda x, i=i: x[i], u), masses[i], k_disp[c], float(losses[i]))
+            _dispersed_start(pot_jit, jax.tree.map(lambda x, i=i: x[i], u), masses[i], k_disp[c], float(losses[i]))
             for c, i in enumerate(idx)
         ]
         inv_masses = [masses[i] for i in idx]
