@@ -323,27 +323,14 @@ def _hessian_fn(potential_fn, u: dict):
     return flat, jax.jit(jax.hessian(lambda f: potential_fn(unravel(f))))
 
 
-def _laplace_inverse_mass(potential_fn, u: dict, floor: float = 1e-2) -> np.ndarray:
-    """Dense inverse mass matrix: the inverse Hessian of the potential at ``u``, regularised.
-
-    The eigenvalues enter by absolute value, floored at ``floor``. A MAP reached by a finite
-    optimiser can sit on a saddle; clipping a negative eigenvalue to a tiny floor would claim
-    a huge posterior spread (sd 10 at floor 0.01) in a direction where the posterior is
-    narrow, and force tiny step sizes (measured: 0.008 clipped vs 0.042 with ``|λ|``).
-    """
-    flat, hess = _hessian_fn(potential_fn, u)
-    h = np.asarray(hess(flat), np.float64)
-    if not np.all(np.isfinite(h)):
-        return np.eye(flat.size)
-    return _abs_eig_inverse(h, floor)[0]
-
-
 def laplace_optima(potential_fn, u: dict, losses: np.ndarray, floor: float = 1e-2):
     """Laplace approximation at each MAP optimum: log evidence and inverse mass matrix.
 
     ``log Z_i ≈ −U_i − ½ log det |H_i|`` (the ``(2π)^{d/2}`` factor is common to all optima),
-    with ``H_i`` the Hessian of the potential ``U`` at optimum ``i`` (eigenvalues by absolute
-    value, floored at ``floor``, as in the mass matrix).
+    with ``H_i`` the Hessian of the potential ``U`` at optimum ``i``. Its eigenvalues enter by
+    absolute value, floored at ``floor``: Adam can stop on a saddle, and clipping a negative
+    eigenvalue to the floor would claim sd 10 where the posterior sd is ~0.3 (measured: NUTS
+    step 0.008 clipped vs 0.042 with ``|λ|``). The inverse is the chain's dense mass matrix.
 
     Parameters
     ----------
