@@ -497,6 +497,29 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------
 
 
+XLA_CACHE_ENV = "CDT_BAYES_XLA_CACHE"
+
+
+def _enable_compilation_cache() -> None:
+    """Keep compiled XLA programs on disk, in ``<cache>/xla`` (see :func:`cache_dir`).
+
+    A fit compiles its log density, the optimiser and the sampler afresh in every process;
+    with the persistent cache a second run on the same mesh and settings loads them
+    instead. Programs that compile in under a second are not stored. ``CDT_BAYES_XLA_CACHE=0``
+    turns it off; a compilation cache the caller configured already is left alone.
+    """
+    if os.environ.get(XLA_CACHE_ENV, "1") == "0":
+        return
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        return
+    from ._outputs import cache_dir
+
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``cdt-bayes`` with ``argv`` (default ``sys.argv[1:]``).
 
@@ -530,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_INPUT
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    _enable_compilation_cache()
     try:
         with _warnings_to_stderr():
             rc = args.handler(args)

@@ -21,6 +21,7 @@ Which path runs when
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pickle
@@ -145,7 +146,7 @@ def build_problem(
         dmat = distance_dictionary(mesh, site_nodes, spec.cv_fiber, spec.cv_cross, progress=progress)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp.npy")
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")  # unique: parallel fits may share a cache
             np.save(tmp, dmat)
             os.replace(tmp, cache)
     nodes = np.asarray(mesh.nodes, np.float64)
@@ -180,7 +181,9 @@ def _gain_centre(data: ModelData, spec: ModelSpec, rms_obs: float, n: int = 64) 
     key = jax.random.key(12345)
     prior = Predictive(cdt_model, num_samples=n)(key, data._replace(gain0=jnp.asarray(1.0)), spec)
     act = jax.vmap(
-        lambda z, t, s: dictionary_activation(z, t, s, data, spec.kernel_mm, spec.softmin_tau_ms, spec.cone_smoothing_ms)
+        lambda z, t, s: dictionary_activation(
+            z, t, s, data, spec.kernel_mm, spec.softmin_tau_ms, spec.cone_smoothing_ms, interpolation=spec.interpolation
+        )
     )(prior["pmj_xyz_mm"], prior["pmj_t_ms"], prior.get("cv_scale", jnp.ones(n)))
     ecg = jax.vmap(lambda a: model_ecg(a, 1.0, 0.0, data))(act)
     rms = np.sqrt(np.mean(np.asarray(ecg) ** 2, axis=(1, 2)))
@@ -768,20 +771,48 @@ def _tty() -> bool:
     return sys.stderr.isatty() and os.environ.get("CDT_BAYES_NO_PROGRESS") != "1"
 
 
+@functools.partial(jax.jit, static_argnames=("kernel_mm", "tau_ms", "cone_ms", "interpolation"))
+def _activation_batch(z, t, s, data: ModelData, kernel_mm: float, tau_ms, cone_ms: float, interpolation: str):
+    """Activation maps of a batch of draws (``data`` is an argument: one compilation per shape)."""
+    return jax.vmap(
+        lambda z, t, s: dictionary_activation(z, t, s, data, kernel_mm, tau_ms, cone_ms, interpolation=interpolation)
+    )(z, t, s)
+
+
+@jax.jit
+def _ecg_batch(act, gain, shift, data: ModelData):
+    """Noise-free model ECGs of a batch of activation maps."""
+    return jax.vmap(lambda a, g, s: model_ecg(a, g, s, data))(act, gain, shift)
+
+
+def _batched(f, arrays, out_shape, batch: int) -> np.ndarray:
+    """``f`` over leading-axis batches of ``arrays``, the last batch padded to ``batch`` (one shape)."""
+    n = arrays[0].shape[0]
+    out = np.empty((n,) + out_shape, np.float32)
+    for i in range(0, n, batch):
+        chunk = [a[i : i + batch] for a in arrays]
+        m = chunk[0].shape[0]
+        if m < batch and n > batch:
+            chunk = [np.concatenate([c, np.repeat(c[-1:], batch - m, 0)]) for c in chunk]
+        out[i : i + m] = np.asarray(f(*chunk))[:m]
+    return out
+
+
 def posterior_activation(problem: FitProblem, draws: dict, exact_min: bool = False, batch: int = 64) -> np.ndarray:
     """Activation maps ``(chain, draw, n_nodes)`` ms for every draw (chunked vmap)."""
     spec, data = problem.spec, problem.data
     z = np.asarray(draws["pmj_xyz_mm"])
     c, d = z.shape[:2]
     t = np.asarray(draws["pmj_t_ms"]).reshape(c * d, -1)
-    s = np.asarray(draws["cv_scale"]).reshape(-1) if "cv_scale" in draws else np.ones(c * d)
+    s = np.asarray(draws["cv_scale"]).reshape(-1) if "cv_scale" in draws else np.ones(c * d, z.dtype)
     z = z.reshape(c * d, -1, 3)
-    tau = None if exact_min else spec.softmin_tau_ms
-    cone = 0.0 if exact_min else spec.cone_smoothing_ms
-    f = jax.jit(jax.vmap(lambda z, t, s: dictionary_activation(z, t, s, data, spec.kernel_mm, tau, cone)))
-    out = np.empty((c * d, data.dist.shape[1]), np.float32)
-    for i in range(0, c * d, batch):
-        out[i : i + batch] = np.asarray(f(z[i : i + batch], t[i : i + batch], s[i : i + batch]))
+    tau = None if exact_min else float(spec.softmin_tau_ms)
+    cone = 0.0 if exact_min else float(spec.cone_smoothing_ms)
+
+    def f(z, t, s):
+        return _activation_batch(z, t, s, data, float(spec.kernel_mm), tau, cone, spec.interpolation)
+
+    out = _batched(f, [z, t, s], (data.dist.shape[1],), batch)
     return out.reshape(c, d, -1)
 
 
@@ -793,10 +824,7 @@ def posterior_ecg(problem: FitProblem, draws: dict, activation: np.ndarray, key,
     g = np.asarray(draws["gain"]).reshape(-1)
     sh = np.asarray(draws["shift_ms"]).reshape(-1) if "shift_ms" in draws else np.zeros(c * d)
     sig = np.asarray(draws["sigma_mV"]).reshape(-1)
-    f = jax.jit(jax.vmap(lambda a, g, s: model_ecg(a, g, s, data)))
-    mu = np.empty((c * d,) + problem.obs.shape, np.float32)
-    for i in range(0, c * d, batch):
-        mu[i : i + batch] = np.asarray(f(act[i : i + batch], g[i : i + batch], sh[i : i + batch]))
+    mu = _batched(lambda a, g, s: _ecg_batch(a, g, s, data), [act, g, sh], tuple(problem.obs.shape), batch)
     noise = np.asarray(jax.random.normal(key, mu.shape))
     if spec.likelihood == "student_t":
         noise = np.asarray(jax.random.t(key, spec.student_nu, mu.shape))

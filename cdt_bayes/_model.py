@@ -18,7 +18,11 @@ a continuous PMJ position ``z`` by Gaussian-kernel interpolation over its 32 nea
 
 The straight-line term (metric ``M = D⁻¹`` of the sites, kernel-averaged) carries the
 cone singularity at the PMJ exactly; only the smooth residual ``R`` (detours around the
-cavities, fibre rotation) is interpolated. This keeps the activation near each PMJ exact
+cavities, fibre rotation) is interpolated — by default with local-linear weights
+(:func:`local_linear_weights`: ``w`` corrected so that a residual varying linearly with the
+site position is reproduced exactly; on the default heart this cut the activation error at
+the true PMJs from 2.0 to 1.2 ms RMS), or with ``w`` itself (``interpolation =
+"local_constant"``). This keeps the activation near each PMJ exact
 on a coarse site set (~6 mm), smooth everywhere (sites beyond the 32 nearest weigh ~1e-5,
 so the changing neighbour set leaves no visible kink). ``softmin`` with temperature ``τ`` is within ``τ log K`` of the
 exact minimum. The full eikonal (exact min, inferred velocity fields) is kept for
@@ -72,6 +76,7 @@ __all__ = [
     "dictionary_activation",
     "node_metric",
     "kernel_weights",
+    "local_linear_weights",
     "KERNEL_NEIGHBOURS",
     "straight_travel_time",
     "cdt_model",
@@ -92,6 +97,7 @@ _SCHEMA: dict[str, dict[str, type | tuple]] = {
         "kernel_mm": float,
         "prior_kernel_mm": float,
         "t_max_ms": float,
+        "interpolation": str,
     },
     "conduction": {"cv_fiber": float, "cv_cross": float, "infer_scale": bool, "scale_log_sd": float},
     "ecg": {"leads": (str, list), "dt_ms": float, "softmin_tau_ms": float, "cone_smoothing_ms": float},
@@ -127,6 +133,7 @@ class ModelSpec:
     shift_sd_ms: float
     noise_rel_scale: float
     ar1_rho_max: float = 0.98
+    interpolation: str = "local_linear"
     source: str = ""
 
     def replace(self, **kw) -> ModelSpec:
@@ -206,7 +213,7 @@ def load_spec(name_or_path: str | Path = "default", **overrides) -> ModelSpec:
             if not isinstance(val, typ) or (typ is int and isinstance(val, bool)):
                 raise SpecError(f"{src}: [{sec}] {key} = {val!r} has the wrong type")
             flat[key] = val
-    optional = {"source", "ar1_rho_max"}  # keys with a default (added after specs were shipped)
+    optional = {"source", "ar1_rho_max", "interpolation"}  # keys with a default (added after specs were shipped)
     missing = [f.name for f in dataclasses.fields(ModelSpec) if f.name not in flat and f.name not in optional]
     missing = [m for m in missing if m not in overrides]
     if missing:
@@ -225,6 +232,8 @@ def _validate(spec: ModelSpec, src: str) -> ModelSpec:
         bad("n_pmj", "must be >= 1")
     if spec.likelihood not in ("normal", "student_t", "ar1"):
         bad("likelihood", "must be 'normal', 'student_t' or 'ar1'")
+    if spec.interpolation not in ("local_linear", "local_constant"):
+        bad("interpolation", "must be 'local_linear' or 'local_constant'")
     if not (0.0 < spec.ar1_rho_max < 1.0):
         bad("ar1_rho_max", "must be in (0, 1)")
     for key in (
@@ -503,6 +512,39 @@ def kernel_weights(z, sites, kernel_mm, neighbours: int | None = KERNEL_NEIGHBOU
     return jax.nn.softmax(-0.5 * d2 / kernel_mm**2, axis=-1), idx
 
 
+def local_linear_weights(w, offsets, ridge_mm2: float):
+    """Local-linear (equivalent-kernel) weights from Gaussian kernel weights.
+
+    A kernel average ``Σ_s w_s f(x_s)`` (local-constant regression) is biased by the
+    gradient of ``f`` wherever the sites are not balanced around the query point ``z``
+    (between sites, at the edge of the layer). Fitting ``f(x) ≈ a + bᵀ(x − z)`` by
+    weighted least squares instead and keeping ``a`` gives ``Σ_s ℓ_s f(x_s)`` with
+
+        ℓ_s = w_s [1 − Δ̄ᵀ (C + λI)⁻¹ (Δ_s − Δ̄)],   Δ_s = x_s − z,  Δ̄ = Σ w Δ,
+        C = Σ_s w_s (Δ_s − Δ̄)(Δ_s − Δ̄)ᵀ,
+
+    which sum to one and, for ``λ = 0``, reproduce every affine ``f`` exactly. The ridge
+    ``λ`` (mm²) keeps directions in which the sites barely spread (across the thin
+    subendocardial layer) close to the kernel average instead of extrapolating. Smooth
+    in ``z``; weights may be negative.
+
+    Parameters
+    ----------
+    w : (n_pmj, m) kernel weights summing to one
+    offsets : (n_pmj, m, 3) mm, ``x_s − z``
+    ridge_mm2 : float, ``λ``
+
+    Returns
+    -------
+    (n_pmj, m) weights summing to one
+    """
+    mean = jnp.einsum("km,kmi->ki", w, offsets)
+    centred = offsets - mean[:, None, :]
+    cov = jnp.einsum("km,kmi,kmj->kij", w, centred, centred) + ridge_mm2 * jnp.eye(3, dtype=w.dtype)
+    a = jnp.linalg.solve(cov, mean[..., None])[..., 0]
+    return w * (1.0 - jnp.einsum("ki,kmi->km", a, centred))
+
+
 def straight_travel_time(z, metric, nodes, smoothing_ms: float = 0.0):
     """``‖x − z‖_M`` for every node, ``(n_pmj, n_nodes)`` ms.
 
@@ -541,6 +583,7 @@ def dictionary_activation(
     tau_ms: float | None,
     cone_ms: float = 0.0,
     neighbours: int | None = KERNEL_NEIGHBOURS,
+    interpolation: str = "local_linear",
 ):
     """Activation times ``(n_nodes,)`` ms from PMJs by the factored distance dictionary.
 
@@ -557,13 +600,24 @@ def dictionary_activation(
         Rounding of the straight-line cone at each PMJ (see :func:`straight_travel_time`).
     neighbours : int or None
         Sites interpolated per PMJ, its nearest (see :data:`KERNEL_NEIGHBOURS`; ``None``: all).
+    interpolation : {"local_linear", "local_constant"}
+        How the residual ``R`` is interpolated between sites: local-linear weights
+        (:func:`local_linear_weights`, ridge ``(kernel_mm / 2)²``; exact for residuals
+        that vary linearly with the site position) or the plain kernel average.
+        The straight-line metric is always the kernel average (it stays positive definite).
 
     Cost per call: ``n_pmj × neighbours × n_nodes`` for the residual plus ``n_pmj × n_nodes``
     for the cone and the soft minimum — independent of the number of sites.
     """
     w, idx = kernel_weights(z, data.sites, kernel_mm, neighbours)
     metric = jnp.einsum("km,kmij->kij", w, data.site_metric[idx])
-    resid = jnp.einsum("km,kmn->kn", w, data.dist[idx])
+    if interpolation == "local_linear":
+        wr = local_linear_weights(w, data.sites[idx] - z[:, None, :], (0.5 * kernel_mm) ** 2)
+    elif interpolation == "local_constant":
+        wr = w
+    else:
+        raise ValueError(f"interpolation must be 'local_linear' or 'local_constant', not {interpolation!r}")
+    resid = jnp.einsum("km,kmn->kn", wr, data.dist[idx])
     travel = straight_travel_time(z, metric, data.nodes, cone_ms) + resid
     arrival = t[:, None] + travel / scale  # (n_pmj, n_nodes)
     if tau_ms is None:
@@ -622,7 +676,9 @@ def cdt_model(data: ModelData, spec: ModelSpec, obs=None, temper=1.0):
     else:  # PMJ times already absorb a (positive) offset of the QRS onset
         shift = 0.0
     sigma = numpyro.sample("sigma_mV", dist.HalfNormal(data.noise_scale))
-    act = dictionary_activation(z, t, scale, data, spec.kernel_mm, spec.softmin_tau_ms, spec.cone_smoothing_ms)
+    act = dictionary_activation(
+        z, t, scale, data, spec.kernel_mm, spec.softmin_tau_ms, spec.cone_smoothing_ms, interpolation=spec.interpolation
+    )
     mu = model_ecg(act, gain, shift, data)
     if spec.likelihood == "student_t":
         like = dist.StudentT(spec.student_nu, mu, sigma).to_event(2)
