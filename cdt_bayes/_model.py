@@ -541,8 +541,29 @@ def local_linear_weights(w, offsets, ridge_mm2: float):
     mean = jnp.einsum("km,kmi->ki", w, offsets)
     centred = offsets - mean[:, None, :]
     cov = jnp.einsum("km,kmi,kmj->kij", w, centred, centred) + ridge_mm2 * jnp.eye(3, dtype=w.dtype)
-    a = jnp.linalg.solve(cov, mean[..., None])[..., 0]
+    a = _solve_spd3(cov, mean)
     return w * (1.0 - jnp.einsum("ki,kmi->km", a, centred))
+
+
+def _solve_spd3(m, b):
+    """``m⁻¹ b`` for a batch of symmetric positive definite 3 × 3 matrices, by the adjugate.
+
+    Elementwise arithmetic only (no LAPACK call): cheap to compile and to differentiate.
+    ``m`` is ``(..., 3, 3)``, ``b`` is ``(..., 3)``.
+    """
+    a, b_, c = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
+    d, e, f = m[..., 1, 1], m[..., 1, 2], m[..., 2, 2]
+    c00 = d * f - e * e
+    c01 = c * e - b_ * f
+    c02 = b_ * e - c * d
+    c11 = a * f - c * c
+    c12 = b_ * c - a * e
+    c22 = a * d - b_ * b_
+    det = a * c00 + b_ * c01 + c * c02
+    x, y, z = b[..., 0], b[..., 1], b[..., 2]
+    return jnp.stack(
+        [c00 * x + c01 * y + c02 * z, c01 * x + c11 * y + c12 * z, c02 * x + c12 * y + c22 * z], -1
+    ) / det[..., None]
 
 
 def straight_travel_time(z, metric, nodes, smoothing_ms: float = 0.0):

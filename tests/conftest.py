@@ -18,9 +18,10 @@ if "CDT_TEST_JAX_CACHE_ROOT" not in os.environ:
 else:
     _OWN_CACHE_ROOT = False
 JAX_CACHE_DIR = os.path.join(os.environ["CDT_TEST_JAX_CACHE_ROOT"], os.environ.get("PYTEST_XDIST_WORKER", "main"))
-jax.config.update("jax_compilation_cache_dir", JAX_CACHE_DIR)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+if os.environ.get("CDT_TEST_XLA_CACHE", "1") != "0":  # CDT_TEST_XLA_CACHE=0: compile everything afresh
+    jax.config.update("jax_compilation_cache_dir", JAX_CACHE_DIR)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def pytest_unconfigure(config):

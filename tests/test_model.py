@@ -236,6 +236,14 @@ def test_local_linear_weights_reproduce_affine_fields():
     np.testing.assert_allclose(np.asarray(ll, np.float64) @ f, exact, rtol=1e-4, atol=1e-3)
     # negative control: the kernel average misses at the corners by a gradient-sized amount
     assert np.abs(np.asarray(w, np.float64) @ f - exact)[1:].min() > 0.2  # vs < 1e-3 above
+    # the closed-form 3 x 3 solve behind the weights
+    from cdt_bayes._model import _solve_spd3
+
+    a3 = rng.normal(size=(4, 3, 3))
+    m3 = a3 @ a3.transpose(0, 2, 1) + 0.5 * np.eye(3)
+    b3 = rng.normal(size=(4, 3))
+    np.testing.assert_allclose(np.asarray(_solve_spd3(jnp.asarray(m3), jnp.asarray(b3))),
+                               np.linalg.solve(m3, b3[..., None])[..., 0], rtol=1e-4, atol=1e-4)
     # a ridge shrinks the correction towards the kernel average, smoothly
     ll_r = local_linear_weights(w, sites[idx] - z[:, None, :], 1e6)
     np.testing.assert_allclose(np.asarray(ll_r), np.asarray(w), atol=1e-4)
