@@ -20,14 +20,14 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[mesh,wfdb]" --group test
 	@touch $(STAMP)
 
-# Tests run in parallel workers (pytest-xdist; WORKERS=0 runs them serially in one process). Tests sharing an
-# expensive fixture carry @pytest.mark.xdist_group and stay in one worker (--dist loadgroup).
+# Tests run in parallel workers (pytest-xdist; WORKERS=0 runs them serially in one process), one test module
+# per worker at a time (--dist loadscope), so each module-scoped fixture (e.g. the SBC run) is built once.
 WORKERS ?= auto
 test: install
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q -p no:cacheprovider -n $(WORKERS) --dist loadgroup tests
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -p no:cacheprovider -n $(WORKERS) --dist loadscope tests
 
 test-fast: install
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q -p no:cacheprovider -n $(WORKERS) --dist loadgroup -m "not slow" tests
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -p no:cacheprovider -n $(WORKERS) --dist loadscope -m "not slow" tests
 
 demo: install
 	$(VENV)/bin/cdt-bayes demo --out demo_out

@@ -108,7 +108,6 @@ def _uniform_p(ranks):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("sbc")  # one NUTS run (the module fixture) serves both
 def test_sbc_ranks_uniform_and_negative_control(sbc_run):
     prob, truth, cons = sbc_run
     p_ok = _uniform_p(_ranks(prob, truth, cons))
@@ -118,7 +117,6 @@ def test_sbc_ranks_uniform_and_negative_control(sbc_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("sbc")  # one NUTS run (the module fixture) serves both
 def test_interval_coverage_across_replicates(sbc_run):
     """90% intervals of the activation at every node cover the truth ~90% of the time."""
     prob, truth, cons = sbc_run
