@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import JAX_CACHE_DIR
+from conftest import JAX_CACHE_DIR, XLA_CACHE
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -46,14 +46,19 @@ def kernel_env(tmp_path_factory):
         "CDT_BAYES_NO_PROGRESS": "1",
         "MPLBACKEND": "Agg",
         "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu"),
-        # this worker's persistent compilation cache (tests/conftest.py)
-        "JAX_COMPILATION_CACHE_DIR": JAX_CACHE_DIR,
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
         # distance dictionaries shared by the notebooks of one session, not the user cache
         "CDT_BAYES_CACHE": str(tmp_path_factory.mktemp("dictionary_cache")),
         "CDT_NB_OUT": str(tmp_path_factory.mktemp("notebook_out")),
         # the source checkout first, whatever the editable install resolves to
+        **(  # this worker's persistent compilation cache (tests/conftest.py)
+            {
+                "JAX_COMPILATION_CACHE_DIR": JAX_CACHE_DIR,
+                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+            }
+            if XLA_CACHE
+            else {}
+        ),
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(
             os.pathsep
         ),
