@@ -412,6 +412,20 @@ def build_parser() -> argparse.ArgumentParser:
         "their Laplace evidence, skipping optima with < 0.1%% of it; 'distinct' puts one chain "
         "in each optimum, best first, whatever its weight",
     )
+    p.add_argument(
+        "--max-tree-depth",
+        type=_int_at_least(1),
+        default=8,
+        metavar="D",
+        help="NUTS tree-depth cap (at most 2^D - 1 leapfrog steps per iteration; default 8)",
+    )
+    p.add_argument(
+        "--chain-method",
+        choices=("auto", "sequential", "vectorized"),
+        default="auto",
+        help="NUTS chains in turn on one device ('sequential') or together in one vmapped "
+        "program ('vectorized'); 'auto' (default): vectorized on a GPU, sequential on a CPU",
+    )
     _add_leads(p)
     _add_endo(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")

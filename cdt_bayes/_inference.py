@@ -35,7 +35,7 @@ import numpyro
 from jax.flatten_util import ravel_pytree
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO  # noqa: F401
-from numpyro.infer.util import initialize_model
+from numpyro.infer.util import constrain_fn, initialize_model
 
 from ._errors import CdtBayesError
 from ._geometry import Mesh
@@ -179,12 +179,8 @@ def build_problem(
 def _gain_centre(data: ModelData, spec: ModelSpec, rms_obs: float, n: int = 64) -> float:
     """Empirical-Bayes centre of the gain prior: RMS(observed) / median RMS(prior ECGs)."""
     key = jax.random.key(12345)
-    prior = Predictive(cdt_model, num_samples=n)(key, data._replace(gain0=jnp.asarray(1.0)), spec)
-    act = jax.vmap(
-        lambda z, t, s: dictionary_activation(
-            z, t, s, data, spec.kernel_mm, spec.softmin_tau_ms, spec.cone_smoothing_ms, interpolation=spec.interpolation
-        )
-    )(prior["pmj_xyz_mm"], prior["pmj_t_ms"], prior.get("cv_scale", jnp.ones(n)))
+    prior = Predictive(cdt_model, num_samples=n, return_sites=["activation_ms"])
+    act = prior(key, data._replace(gain0=jnp.asarray(1.0)), spec)["activation_ms"]
     ecg = jax.vmap(lambda a: model_ecg(a, 1.0, 0.0, data))(act)
     rms = np.sqrt(np.mean(np.asarray(ecg) ** 2, axis=(1, 2)))
     return float(rms_obs / max(np.median(rms), 1e-12))
@@ -195,18 +191,24 @@ def _gain_centre(data: ModelData, spec: ModelSpec, rms_obs: float, n: int = 64) 
 # --------------------------------------------------------------------------------------
 def _setup(problem: FitProblem, key):
     args, kwargs = problem.model_args()
-    info, potential_fn, postprocess_fn, trace = initialize_model(
+    info, potential_fn, _, trace = initialize_model(
         key, cdt_model, model_args=args, model_kwargs=kwargs, dynamic_args=False
     )
     supports = {
         k: s["fn"].support for k, s in trace.items() if s["type"] == "sample" and not s["is_observed"]
     }
+
+    def postprocess_fn(u):
+        # constrained latents only: the deterministic sites (activation map, model ECG)
+        # would make a vmap over all draws hold n_pmj x neighbours x n_nodes per draw
+        return constrain_fn(cdt_model, args, kwargs, u, return_deterministic=False)
+
     return info.z, potential_fn, postprocess_fn, supports
 
 
 def _prior_unconstrained(problem: FitProblem, key, n: int, supports) -> dict:
     args, _ = problem.model_args()
-    draws = Predictive(cdt_model, num_samples=n)(key, *args)
+    draws = Predictive(cdt_model, num_samples=n, return_sites=list(supports))(key, *args)
     return {k: biject_to(sup).inv(draws[k]) for k, sup in supports.items()}
 
 
@@ -457,15 +459,22 @@ def _nuts_chains(
     progress: bool,
     max_tree_depth: int = 8,
     chunk: int = 25,
+    chain_method: str = "sequential",
 ):
-    """Run NUTS chains in round-robin chunks of ``chunk`` iterations.
+    """Run NUTS chains in chunks of ``chunk`` iterations.
 
-    Every chain advances one chunk in turn, so a wall-time budget cuts all chains at
-    (nearly) the same length and the between-chain diagnostics stay computable. The
+    ``chain_method="sequential"``: every chain advances one chunk in turn (round-robin), on
+    one device. ``"vectorized"``: the chains advance together, one ``vmap``-ed chunk (one
+    program, all chains; on a GPU this costs about one chain's time, on a CPU more than
+    running them in turn: a vmapped tree is as deep as the deepest chain's); with several
+    local devices and a number of chains divisible by their count, the chains are split
+    across the devices (the stacked state is sharded along its chain axis). Either way a
+    wall-time budget cuts all chains at (nearly) the same length and the between-chain
+    diagnostics stay computable, and for the same keys both give the same draws. The
     inverse mass matrix (dense, fixed) and the adapted step size live in each chain's
     state, so one compiled chunk serves every chain. After each chunk the chain's state,
     draws and statistics are checkpointed (``ckdir/chain<c>.pkl``); an existing
-    checkpoint is resumed.
+    checkpoint is resumed (by either method).
 
     Returns
     -------
@@ -473,7 +482,12 @@ def _nuts_chains(
     stats : list of dicts ``diverging, n_steps, acceptance_rate, lp, step_size``
     truncated : bool, True when the deadline stopped sampling early
     plan_note : str or None, set when a time budget shortened warm-up and sampling
+    throughput : dict ``seconds, chain_steps, iterations`` over the chunks after the first
+        (which compiles): wall time, leapfrog steps summed over chains, chain-iterations
     """
+    if chain_method not in ("sequential", "vectorized"):
+        raise ValueError(f"chain_method must be 'sequential' or 'vectorized', not {chain_method!r}")
+    vectorized = chain_method == "vectorized"
 
     def make_kernel(inv_mass):
         return NUTS(
@@ -518,13 +532,41 @@ def _nuts_chains(
 
             return jax.lax.scan(body, state, None, length=n)
 
+        if vectorized:
+            return jax.jit(jax.vmap(run_chunk, in_axes=(0, None)), static_argnums=1)
         return jax.jit(run_chunk, static_argnums=1)
 
+    def advance(group: list[int], n: int):
+        """One chunk of ``n`` iterations for the chains in ``group``; per-chain outputs."""
+        if not vectorized:
+            (c,) = group
+            state, out = run_chunk(chains[c]["state"], n)
+            jax.block_until_ready(state.z)
+            return [state], [out], int(np.sum(out[2]))
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(chains[c]["state"] for c in group))
+        if len(group) % n_dev == 0 and n_dev > 1:  # chains split across the devices (SPMD)
+            stacked = jax.device_put(stacked, chain_sharding)
+        state, out = run_chunk(stacked, n)
+        jax.block_until_ready(state.z)
+        states = [jax.tree.map(lambda x, j=j: x[j], state) for j in range(len(group))]
+        outs = [jax.tree.map(lambda x, j=j: x[j], out) for j in range(len(group))]
+        # a vmapped iteration lasts as long as its longest tree
+        return states, outs, int(np.sum(np.max(np.asarray(out[2]), axis=0)))
+
+    n_dev = jax.local_device_count() if vectorized else 1
+    chain_sharding = None
+    if n_dev > 1:
+        from jax.sharding import Mesh as DeviceMesh
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        chain_sharding = NamedSharding(DeviceMesh(np.array(jax.local_devices()), ("chain",)), PartitionSpec("chain"))
     run_chunk = compile_chunk(kernel)
     total = num_warmup + num_samples
     truncated = False
     replan = deadline is not None and all(r["done"] == 0 for r in chains)
-    timings: list[float] = []  # seconds per leapfrog step of compiled chunks
+    timings: list[float] = []  # seconds per leapfrog step (per lock-step step when vectorized)
+    # compiled chunks only: wall seconds, leapfrog steps summed over chains, chain-iterations
+    throughput = {"seconds": 0.0, "chain_steps": 0, "iterations": 0}
     max_steps = 1
     plan_note = None
     desc = f"NUTS {n_chains} chain{'s' if n_chains > 1 else ''} x {num_warmup}+{num_samples}"
@@ -532,34 +574,45 @@ def _nuts_chains(
         bar.update(sum(r["done"] for r in chains))
         first_call = True
         while not truncated and any(r["done"] < total for r in chains):
-            for c, rec in enumerate(chains):
-                done = rec["done"]
-                if done >= total:
-                    continue
+            if vectorized:  # chains at the same point advance together (all of them, unless resumed unevenly)
+                lag = min(r["done"] for r in chains)
+                groups = [[c for c, r in enumerate(chains) if r["done"] == lag]]
+            else:
+                groups = [[c] for c, r in enumerate(chains) if r["done"] < total]
+            for group in groups:
+                done = chains[group[0]]["done"]
                 if deadline is not None and time.time() > deadline:
                     truncated = True
                     break
                 n = min(chunk, num_warmup - done if done < num_warmup else total - done)
                 t_chunk = time.time()
-                state, (z, div, nst, acc, pe, eps) = run_chunk(rec["state"], n)
-                jax.block_until_ready(state.z)
+                states, outs, steps = advance(group, n)
                 if not first_call:  # seconds per leapfrog step, and the largest tree seen
-                    timings.append((time.time() - t_chunk) / max(int(np.sum(nst)), 1))
-                    max_steps = max(max_steps, int(np.max(nst)))
+                    dt = time.time() - t_chunk
+                    timings.append(dt / max(steps, 1))
+                    max_steps = max(max_steps, max(int(np.max(o[2])) for o in outs))
+                    throughput["seconds"] += dt
+                    throughput["chain_steps"] += int(sum(np.sum(o[2]) for o in outs))
+                    throughput["iterations"] += n * len(group)
                 first_call = False
-                rec["state"] = state
-                if done >= num_warmup:
-                    rec["samples"].append(jax.device_get(z))
-                    rec["stats"].append(jax.device_get((div, nst, acc, pe, eps)))
-                rec["done"] = done + n
-                bar.update(n)
-                bar.set_postfix_str(f"chain {c + 1}: step {float(state.adapt_state.step_size):.3g}, tree {int(np.max(nst))}")
-                if rec["ckpt"] is not None:
-                    tmp = rec["ckpt"].with_suffix(".tmp")
-                    keep = {k: rec[k] for k in ("done", "samples", "stats")}
-                    with open(tmp, "wb") as fh:
-                        pickle.dump({**keep, "state": jax.device_get(state), "schedule": schedule}, fh)
-                    os.replace(tmp, rec["ckpt"])
+                for c, state, (z, div, nst, acc, pe, eps) in zip(group, states, outs):
+                    rec = chains[c]
+                    rec["state"] = state
+                    if done >= num_warmup:
+                        rec["samples"].append(jax.device_get(z))
+                        rec["stats"].append(jax.device_get((div, nst, acc, pe, eps)))
+                    rec["done"] = done + n
+                    if rec["ckpt"] is not None:
+                        tmp = rec["ckpt"].with_suffix(".tmp")
+                        keep = {k: rec[k] for k in ("done", "samples", "stats")}
+                        with open(tmp, "wb") as fh:
+                            pickle.dump({**keep, "state": jax.device_get(state), "schedule": schedule}, fh)
+                        os.replace(tmp, rec["ckpt"])
+                bar.update(n * len(group))
+                who = f"chain {group[0] + 1}" if len(group) == 1 else f"{len(group)} chains"
+                steps_now = max(int(np.max(o[2])) for o in outs)
+                eps_now = float(np.mean([float(st.adapt_state.step_size) for st in states]))
+                bar.set_postfix_str(f"{who}: step {eps_now:.3g}, tree {steps_now}")
             if replan and timings and all(r["done"] > 0 for r in chains):
                 # Budget planning, once: if the requested iterations cannot all run before the
                 # deadline, shorten warm-up and sampling alike (same proportions), so that every
@@ -569,7 +622,9 @@ def _nuts_chains(
                 # trees grow during warm-up: plan as if every later iteration were as long as
                 # the longest seen so far (a plan that finishes beats one the deadline cuts)
                 per_iter = float(np.median(timings)) * max_steps
-                plan = _plan_iterations(done, num_warmup, num_samples, per_iter, deadline - time.time(), n_chains)
+                plan = _plan_iterations(
+                    done, num_warmup, num_samples, per_iter, deadline - time.time(), 1 if vectorized else n_chains
+                )
                 if plan is not None:
                     new_warmup, new_samples = plan
                     kernel = make_kernel(inv_masses[0])
@@ -598,7 +653,7 @@ def _nuts_chains(
             div = nst = acc = pe = eps = np.zeros(0)
         draws.append(z)
         stats.append({"diverging": div, "n_steps": nst, "acceptance_rate": acc, "lp": -pe, "step_size": eps})
-    return draws, stats, truncated, plan_note
+    return draws, stats, truncated, plan_note, throughput
 
 
 # --------------------------------------------------------------------------------------
@@ -615,6 +670,7 @@ class FitResult:
     notes: list
     map_losses: np.ndarray
     optima: list = dataclasses.field(default_factory=list)
+    chain_method: str | None = None  # NUTS: "sequential" or "vectorized"
 
 
 def fit(
@@ -633,6 +689,8 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     time_budget_s: float | None = None,
     chain_starts: str = "evidence",
+    max_tree_depth: int = 8,
+    chain_method: str = "auto",
     progress: bool = True,
 ) -> FitResult:
     """Run MAP, SVI or NUTS on a :class:`FitProblem`.
@@ -657,6 +715,13 @@ def fit(
         draw from its optimum's Laplace approximation shrunk 4x. ``"distinct"``: one chain per
         optimum, best first, whatever its weight (shows how far apart the optimiser's
         basins are; R-hat then mostly measures that).
+    max_tree_depth : int
+        NUTS tree-depth cap: at most ``2**max_tree_depth - 1`` leapfrog steps per iteration.
+    chain_method : {"auto", "sequential", "vectorized"}
+        How NUTS chains share the device: in turn, chunk by chunk (``"sequential"``), or
+        together in one ``vmap``-ed program (``"vectorized"``). ``"auto"``: vectorized on
+        a GPU/TPU, sequential on a CPU (where one gradient already uses every core, and a
+        vmapped iteration waits for the longest of the chains' trees).
 
     Returns
     -------
@@ -669,6 +734,12 @@ def fit(
             raise CdtBayesError(f"{opt} {v}: must be >= 1")
     if num_warmup < 0:
         raise CdtBayesError(f"--num-warmup {num_warmup}: must be >= 0")
+    if not 1 <= max_tree_depth <= 12:
+        raise CdtBayesError(f"--max-tree-depth {max_tree_depth}: must be between 1 and 12")
+    if chain_method not in ("auto", "sequential", "vectorized"):
+        raise CdtBayesError(f"--chain-method {chain_method}: must be auto, sequential or vectorized")
+    if chain_method == "auto":
+        chain_method = "sequential" if jax.default_backend() == "cpu" else "vectorized"
     if chain_starts not in ("evidence", "distinct"):
         raise CdtBayesError(f"--chain-starts {chain_starts}: must be evidence or distinct")
     t0 = time.time()
@@ -740,8 +811,10 @@ def fit(
                 "from each optimum's Laplace approximation (sd / 4)"
                 + (f"; the others hold a negligible share (log evidence at least {min(gap):.0f} below)" if gap else "")
             )
-        all_z, all_stats, truncated, plan_note = _nuts_chains(
-            potential_fn, starts, inv_masses, keys, num_warmup, num_samples, ckdir, deadline, progress
+        all_z, all_stats, truncated, plan_note, _ = _nuts_chains(
+            potential_fn, starts, inv_masses, keys, num_warmup, num_samples, ckdir, deadline, progress,
+            max_tree_depth=max_tree_depth,
+            chain_method=chain_method,
         )
         if plan_note:
             notes.append(plan_note)
@@ -762,7 +835,9 @@ def fit(
         draws = {k: np.asarray(v).reshape((len(chain_z), n) + v.shape[1:]) for k, v in cons.items()}
         stats = {k: np.stack([s[k][:n] for s in chain_stats]) for k in chain_stats[0]}
     draws = {k: v for k, v in draws.items() if k in LATENT_SITES}
-    return FitResult(method, draws, stats, time.time() - t0, notes, losses, optima)
+    return FitResult(
+        method, draws, stats, time.time() - t0, notes, losses, optima, chain_method if method == "nuts" else None
+    )
 
 
 def _tty() -> bool:

@@ -42,6 +42,11 @@ velocities are inferred), ``gain``, ``shift_ms`` (only when ``shift_sd_ms > 0``:
 shift of all PMJ times is otherwise exactly confounded with it, a ridge that slows NUTS),
 ``sigma_mV``, ``noise_rho`` (only with ``likelihood = "ar1"``: lag-one correlation of the
 residual, which model error makes smooth in time) and the observed ``ecg (n_leads, n_times)``.
+Deterministic sites: ``activation_ms (n_nodes,)`` (the activation map, soft minimum) and
+``ecg_model_mV (n_leads, n_times)`` (the noise-free model ECG, gain and shift applied), so
+``Predictive(cdt_model, posterior_samples)`` returns both for any draws. Inference keeps
+them out of the stored draws (``n_nodes`` floats per draw) and recomputes them in batches
+(:func:`cdt_bayes._inference.posterior_activation`).
 """
 
 from __future__ import annotations
@@ -700,7 +705,8 @@ def cdt_model(data: ModelData, spec: ModelSpec, obs=None, temper=1.0):
     act = dictionary_activation(
         z, t, scale, data, spec.kernel_mm, spec.softmin_tau_ms, spec.cone_smoothing_ms, interpolation=spec.interpolation
     )
-    mu = model_ecg(act, gain, shift, data)
+    numpyro.deterministic("activation_ms", act)
+    mu = numpyro.deterministic("ecg_model_mV", model_ecg(act, gain, shift, data))
     if spec.likelihood == "student_t":
         like = dist.StudentT(spec.student_nu, mu, sigma).to_event(2)
     elif spec.likelihood == "ar1":

@@ -41,9 +41,7 @@ def prior_activation(problem: FitProblem, key, n: int = 200) -> np.ndarray:
     from ._model import cdt_model
 
     args, _ = problem.model_args()
-    draws = Predictive(cdt_model, num_samples=n)(key, *args)
-    draws = {k: np.asarray(v)[None] for k, v in draws.items() if k != "ecg"}
-    return posterior_activation(problem, draws)[0]
+    return np.asarray(Predictive(cdt_model, num_samples=n, return_sites=["activation_ms"])(key, *args)["activation_ms"])
 
 
 def to_inference_data(problem: FitProblem, result: FitResult, seed: int = 0, n_prior: int = 200):
@@ -151,6 +149,7 @@ def summarise(problem: FitProblem, result: FitResult, extras: dict) -> tuple[dic
                 "divergences": div,
                 "chains_agree": chains_agree,
                 "mean_tree_steps": float(np.mean(result.sample_stats["n_steps"])),
+                "chain_method": result.chain_method,
                 "seconds_per_ess": float(result.seconds / max(diag["min_ess_bulk"], 1e-9)),
             }
         )
@@ -270,6 +269,8 @@ def run_fit_cli(args) -> int:
         checkpoint_dir=ckpt,
         time_budget_s=args.time_budget,
         chain_starts=getattr(args, "chain_starts", "evidence"),
+        max_tree_depth=getattr(args, "max_tree_depth", 8),
+        chain_method=getattr(args, "chain_method", "auto"),
         progress=progress,
     )
     with atomic_output_dir(out) as stage:
