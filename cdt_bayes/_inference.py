@@ -41,8 +41,8 @@ from ._errors import CdtBayesError
 from ._geometry import Mesh
 from ._model import (
     ModelData,
-    admissible_nodes,
     ModelSpec,
+    admissible_nodes,
     ar1_noise,
     cdt_model,
     dictionary_activation,
