@@ -671,6 +671,7 @@ class FitResult:
     map_losses: np.ndarray
     optima: list = dataclasses.field(default_factory=list)
     chain_method: str | None = None  # NUTS: "sequential" or "vectorized"
+    chain_optimum: list | None = None  # NUTS: index (into ``optima``) of each chain's start
 
 
 def fit(
@@ -821,6 +822,7 @@ def fit(
         if truncated:
             notes.append("time budget reached")
         chain_z = [z for z in all_z if z is not None]
+        chain_optimum = [int(i) for z, i in zip(all_z, idx) if z is not None]
         chain_stats = [st for z, st in zip(all_z, all_stats) if z is not None]
         if len(chain_z) < chains and chain_z:
             notes.append(f"only {len(chain_z)} of {chains} chains reached the sampling phase")
@@ -836,7 +838,15 @@ def fit(
         stats = {k: np.stack([s[k][:n] for s in chain_stats]) for k in chain_stats[0]}
     draws = {k: v for k, v in draws.items() if k in LATENT_SITES}
     return FitResult(
-        method, draws, stats, time.time() - t0, notes, losses, optima, chain_method if method == "nuts" else None
+        method,
+        draws,
+        stats,
+        time.time() - t0,
+        notes,
+        losses,
+        optima,
+        chain_method if method == "nuts" else None,
+        chain_optimum if method == "nuts" else None,
     )
 
 

@@ -154,11 +154,28 @@ def summarise(problem: FitProblem, result: FitResult, extras: dict) -> tuple[dic
             }
         )
         node["rhat"] = diag["rhat_activation"]
+        within = float("nan")
+        if result.chain_optimum is not None and len(result.chain_optimum) == act.shape[0]:
+            within = S.rhat_within_groups(act, extras["ecg_model"], result.chain_optimum)["max_rhat"]
+        summary["max_rhat_within_optima"] = within if np.isfinite(within) else None
         if not chains_agree:
-            summary["notes"].append(
-                "chains disagree (R-hat > 1.05 on activation times): the posterior is multimodal "
-                "or not yet mixed; see the modes and run longer/more chains"
-            )
+            if len(set(result.chain_optimum or [])) > 1 and np.isfinite(within) and within <= 1.05:
+                summary["notes"].append(
+                    f"chains disagree (R-hat {diag['max_rhat']:.2f} on activation times) but agree within "
+                    f"each MAP optimum they started in (R-hat {within:.2f}): the posterior has several "
+                    "modes, weighted by their Laplace evidence (map_optima)"
+                )
+            elif np.isfinite(within):
+                summary["notes"].append(
+                    f"chains disagree (R-hat {diag['max_rhat']:.2f} on activation times), even those "
+                    f"started in the same MAP optimum (R-hat {within:.2f}): not yet mixed; run longer, "
+                    "and read the intervals as too narrow"
+                )
+            else:
+                summary["notes"].append(
+                    "chains disagree (R-hat > 1.05 on activation times): the posterior is multimodal "
+                    "or not yet mixed; see the modes and run longer/more chains"
+                )
     node["p_early"] = ident["p_early"]
     node["shrinkage"] = ident["shrinkage"]
     return node, summary, {"bands": bands, "modes": modes}

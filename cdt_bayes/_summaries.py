@@ -197,6 +197,36 @@ def diagnostics(act: np.ndarray, ecg_model: np.ndarray, max_nodes: int = 2000, s
     }
 
 
+def rhat_within_groups(act: np.ndarray, ecg_model: np.ndarray, groups, max_nodes: int = 2000) -> dict:
+    """Largest R-hat among chains that share a group (e.g. the MAP optimum they started in).
+
+    Chains started in different optima can disagree because the posterior has several
+    modes, or because no chain mixes at all; R-hat over the chains of *one* optimum tells
+    the two apart (near 1: each basin is sampled well, the disagreement is between modes).
+
+    Parameters
+    ----------
+    act : (chain, draw, n_nodes) activation times, ms
+    ecg_model : (chain, draw, lead, time) noise-free model ECGs, mV
+    groups : (chain,) group label of each chain
+
+    Returns
+    -------
+    dict: ``max_rhat`` (float, over groups of at least 2 chains; NaN when none has 2) and
+    ``by_group`` ({label: max R-hat} for those groups)
+    """
+    groups = np.asarray(groups)
+    if groups.shape != (act.shape[0],):
+        raise ValueError(f"groups must have one label per chain ({act.shape[0]}), got shape {groups.shape}")
+    by = {}
+    for g in np.unique(groups):
+        sel = np.flatnonzero(groups == g)
+        if sel.size >= 2:
+            by[g.item()] = diagnostics(act[sel], ecg_model[sel], max_nodes=max_nodes)["max_rhat"]
+    vals = [v for v in by.values() if np.isfinite(v)]
+    return {"max_rhat": float(max(vals)) if vals else float("nan"), "by_group": by}
+
+
 def activation_modes(act: np.ndarray, threshold_ms: float = 5.0, max_draws: int = 400, seed: int = 0) -> dict:
     """Cluster posterior activation maps into distinct patterns.
 
