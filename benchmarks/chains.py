@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 import jax
-import numpy as np
 from inference import _cpu, default_case
 
 from cdt_bayes._inference import _dispersed_start, _nuts_chains, find_map, laplace_optima

@@ -122,6 +122,11 @@ def main(argv=None) -> int:
             d = S.diagnostics(act, ex["ecg_model"])
             row.update(
                 max_rhat=round(d["max_rhat"], 3),
+                rhat_within_optima=(
+                    round(S.rhat_within_groups(act, ex["ecg_model"], res.chain_optimum)["max_rhat"], 3)
+                    if res.chain_optimum and len(res.chain_optimum) == act.shape[0]
+                    else ""
+                ),
                 min_ess_bulk=round(d["min_ess_bulk"], 1),
                 divergences=int(np.sum(res.sample_stats["diverging"])),
                 mean_tree_steps=round(float(np.mean(res.sample_stats["n_steps"])), 1),
@@ -131,8 +136,9 @@ def main(argv=None) -> int:
             )
             st = res.sample_stats
             sig = np.asarray(res.draws["sigma_mV"])
+            opt = res.chain_optimum if res.chain_optimum and len(res.chain_optimum) == act.shape[0] else ["?"] * act.shape[0]
             per_chain.extend(
-                f"| {c + 1} | {np.mean(st['n_steps'][c]):.0f} | {np.mean(st['step_size'][c]):.3g} | "
+                f"| {c + 1} | {opt[c]} | {np.mean(st['n_steps'][c]):.0f} | {np.mean(st['step_size'][c]):.3g} | "
                 f"{int(np.sum(st['diverging'][c]))} | {np.mean(st['lp'][c]):.1f} | {sig[c].mean():.4f} | "
                 f"{np.sqrt(np.mean((act[c].mean(0) - truth) ** 2)):.2f} |"
                 for c in range(act.shape[0])
@@ -151,16 +157,17 @@ def main(argv=None) -> int:
         f"Log-density value+gradient: {grad_ms:.1f} ms (median of 30).\n\n"
     )
     cols = ["method", "seconds", "draws", "rmse_ms", "coverage90", "mean_sd_ms", "ecg_r", "ecg_r_clean",
-            "max_rhat", "min_ess_bulk", "divergences", "mean_tree_steps", "step_size", "s_per_ess", "notes"]
+            "max_rhat", "rhat_within_optima", "min_ess_bulk", "divergences", "mean_tree_steps", "step_size", "s_per_ess", "notes"]
     table = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
     for r in rows:
         table += "| " + " | ".join(str(r.get(c, "")) for c in cols) + " |\n"
     text = head + table
     if per_chain:
         text += (
-            "\nNUTS per chain (sampling phase; rmse of the chain's mean activation vs truth):\n\n"
-            "| chain | mean tree steps | step size | divergences | mean log density | mean sigma_mV | rmse_ms |\n"
-            "|---|---|---|---|---|---|---|\n" + "\n".join(per_chain) + "\n"
+            "\nNUTS per chain (sampling phase; start optimum: the MAP optimum the chain started in, "
+            "0 = best; rmse of the chain's mean activation vs truth):\n\n"
+            "| chain | start optimum | mean tree steps | step size | divergences | mean log density | mean sigma_mV | rmse_ms |\n"
+            "|---|---|---|---|---|---|---|---|\n" + "\n".join(per_chain) + "\n"
         )
     print(text)
     with open(args.out, "a") as fh:

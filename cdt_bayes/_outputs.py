@@ -94,6 +94,10 @@ def to_inference_data(problem: FitProblem, result: FitResult, seed: int = 0, n_p
         "inference_library": "numpyro",
         "cdt_bayes_units": "mm, ms, mm/ms, mV",
     }
+    if result.chain_method is not None:
+        attrs["chain_method"] = result.chain_method
+    if result.chain_optimum is not None:  # which MAP optimum (summary.json map_optima) each chain started in
+        attrs["chain_optimum"] = json.dumps([int(i) for i in result.chain_optimum])
     data = az.from_dict(groups, coords=coords, dims=dims, attrs={"posterior": attrs})
     return data, {"activation": act, "ecg_model": mu, "ecg_pp": pp, "prior_activation": prior_act}
 

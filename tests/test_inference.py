@@ -62,6 +62,8 @@ def test_nuts_outputs_and_reproducibility(case, tmp_path):
     dt = az.from_netcdf(tmp_path / "posterior.nc")
     for g in ("posterior", "posterior_predictive", "observed_data", "sample_stats"):
         assert g in dt.children or hasattr(dt, g)
+    attrs = dt["posterior"].attrs
+    assert attrs["chain_method"] == "sequential" and len(json.loads(attrs["chain_optimum"])) == 2
     hdr = (tmp_path / "ecg_posterior.csv").read_text().splitlines()[0]
     assert hdr == "time_ms,lead,observed_mV,mean_mV,q05_mV,q95_mV"
 
