@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import jax
-from inference import _cpu, default_case
+from inference import _cpu, default_case, emit
 
 from cdt_bayes._inference import _dispersed_start, _nuts_chains, find_map, laplace_optima
 
@@ -76,9 +76,7 @@ def main(argv=None) -> int:
         "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
         + "".join("| " + " | ".join(str(r[c]) for c in cols) + " |\n" for r in rows)
     )
-    print(text)
-    with open(args.out, "a") as fh:
-        fh.write(text)
+    emit(text, args.out)
     return 0
 
 

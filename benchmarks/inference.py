@@ -47,6 +47,13 @@ def _cpu() -> str:
     return platform.processor() or "unknown"
 
 
+def emit(text: str, out: str) -> None:
+    """Print a result block and append it to the results file ``out``."""
+    print(text)
+    with open(out, "a") as fh:
+        fh.write(text)
+
+
 def default_case(spec_name: str = "default", n_pmj: int = 20):
     """The benchmark case: built-in heart, 8 true PMJs (full eikonal), 12 leads, 2 % noise.
 
@@ -169,9 +176,7 @@ def main(argv=None) -> int:
             "| chain | start optimum | mean tree steps | step size | divergences | mean log density | mean sigma_mV | rmse_ms |\n"
             "|---|---|---|---|---|---|---|---|\n" + "\n".join(per_chain) + "\n"
         )
-    print(text)
-    with open(args.out, "a") as fh:
-        fh.write(text)
+    emit(text, args.out)
     return 0
 
 
