@@ -373,6 +373,11 @@ _ADVICE = {
         "(--n-pmj), and run a longer warm-up (--num-warmup) so the step size adapts."
     ),
     "one_chain": "Run 4 chains (--chains 4).",
+    "within": (
+        "Even chains that started in the same MAP optimum disagree: the sampler has not "
+        "mixed, and the intervals are too narrow. Run longer (--num-warmup, --num-samples, "
+        "--time-budget); fewer PMJs (--n-pmj) make the posterior easier to sample."
+    ),
     "agree": (
         "The chains found different answers: run more and longer chains; compare the "
         "patterns in the Identifiability section before trusting any single map."
@@ -473,6 +478,16 @@ def traffic_lights(summary: dict) -> list[Light]:
                     "independent chains found the same activation patterns",
                     _ADVICE["agree"],
                 )
+                within = _num(summary.get("max_rhat_within_optima"))
+                if not ok and math.isfinite(within):
+                    add(
+                        "R-hat within one starting optimum",
+                        f"{within:.3f}",
+                        _level(within, 1.01, 1.05, False),
+                        "chains that started in the same MAP optimum; near 1 means the chains "
+                        "disagree because the posterior has separate modes, not because they failed to mix",
+                        _ADVICE["within"],
+                    )
     r = _num(summary.get("ecg_correlation"))
     if math.isfinite(r):
         add(

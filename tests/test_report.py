@@ -442,6 +442,30 @@ def test_traffic_light_thresholds(key, value, level):
     assert all(x.level == "green" for x in lights if x is not lt)
 
 
+@pytest.mark.parametrize("within, level", [(1.005, "green"), (1.03, "amber"), (3.3, "red"), (None, None)])
+def test_within_optimum_rhat_light(within, level):
+    s = {
+        "method": "nuts",
+        "n_chains": 4,
+        "n_draws": 500,
+        "max_rhat": 3.8,
+        "min_ess_bulk": 1000,
+        "min_ess_tail": 1000,
+        "divergences": 0,
+        "chains_agree": False,
+        "max_rhat_within_optima": within,
+        "ecg_correlation": 0.99,
+    }
+    found = [x for x in traffic_lights(s) if "within one starting optimum" in x.name]
+    if level is None:
+        assert not found
+    else:
+        assert [x.level for x in found] == [level]
+        assert bool(found[0].advice) == (level != "green")
+    # chains that agree need no such light
+    assert not [x for x in traffic_lights({**s, "chains_agree": True, "max_rhat": 1.0}) if "within" in x.name]
+
+
 def test_map_has_no_mcmc_lights():
     lights = traffic_lights({"method": "map", "ecg_correlation": 0.96})
     assert [x.name.split()[0] for x in lights] == ["ECG"]
