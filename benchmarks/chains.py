@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import jax
-from inference import _cpu, default_case, emit
+from inference import _cpu, default_case, emit, markdown_table
 
 from cdt_bayes._inference import _dispersed_start, _nuts_chains, find_map, laplace_optima
 
@@ -73,8 +73,7 @@ def main(argv=None) -> int:
         f"Case: built-in default mesh ({mesh.n_nodes} nodes), model n_pmj = {args.n_pmj}, {args.chains} chains from "
         f"the best MAP optimum, max tree depth {args.max_tree_depth}, {args.iterations} warm-up + 25 iterations per chain "
         "(first chunk of 25 compiles, not timed).\n\n"
-        "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
-        + "".join("| " + " | ".join(str(r[c]) for c in cols) + " |\n" for r in rows)
+        + markdown_table(rows, cols)
     )
     emit(text, args.out)
     return 0

@@ -27,16 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cdt_bayes._demo import demo_pmjs
-from cdt_bayes._ecg import LeadField, ecg_time_grid, simulate_ecg
-from cdt_bayes._eikonal import activation_times, eikonal_geometry
-from cdt_bayes._inference import build_problem
-from cdt_bayes._meshgen import default_electrodes_table, default_mesh
+from cdt_bayes._eikonal import activation_times
 from cdt_bayes._model import admissible_nodes, dictionary_activation, load_spec, model_ecg
-from cdt_bayes._outputs import cache_dir
 
 sys.path.insert(0, str(Path(__file__).parent))
-from inference import _cpu  # noqa: E402
+from inference import _cpu, benchmark_truth, case_problem, emit, markdown_table  # noqa: E402
 
 MODES = ("local_linear", "local_constant")
 
@@ -48,22 +43,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
     args = ap.parse_args(argv)
 
-    mesh = default_mesh()
-    el = default_electrodes_table()
-    geom = eikonal_geometry(mesh, np.float32)
-    xyz, t = demo_pmjs(mesh)
-    truth = np.asarray(activation_times(geom, xyz, t), np.float64)
-    lf = LeadField.from_mesh(mesh, el)
-    tt = ecg_time_grid(truth)
-    ecg = np.asarray(simulate_ecg(truth, lf.matrix, tt), np.float64)
-    noise_sd = 0.02 * np.abs(ecg).max()
-    noisy = ecg + noise_sd * np.random.default_rng(1).normal(size=ecg.shape)
+    case = benchmark_truth()
+    mesh, geom, truth = case["mesh"], case["geom"], case["truth"]
+    xyz, t, noise_sd = case["pmj_xyz"], case["pmj_t"], case["noise_sd"]
 
     rows = []
     for pair in args.spacings.split(","):
         spacing, kernel = (float(v) for v in pair.split(":"))
         spec = load_spec("default", n_pmj=8, site_spacing_mm=spacing, kernel_mm=kernel)
-        prob = build_problem(mesh, tt, list(lf.names), noisy, el, spec, cache_dir=cache_dir(), progress=True)
+        prob, _ = case_problem(case, spec)
         data = prob.data
         # random points inside tetrahedra whose four nodes are all admissible
         adm = np.zeros(mesh.n_nodes, bool)
@@ -104,8 +92,7 @@ def main(argv=None) -> int:
             print(rows[-1], flush=True)
 
     cols = list(rows[0])
-    table = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
-    table += "".join("| " + " | ".join(str(r[c]) for c in cols) + " |\n" for r in rows)
+    table = markdown_table(rows, cols)
     head = (
         f"\n## Dictionary accuracy — {datetime.datetime.now().isoformat(timespec='minutes')}\n\n"
         f"Command: `python benchmarks/dictionary.py {' '.join(sys.argv[1:])}`  \n"
@@ -113,10 +100,7 @@ def main(argv=None) -> int:
         f"Case: built-in default mesh ({mesh.n_nodes} nodes), {args.points} random in-layer point sources; "
         f"true PMJs of the inference benchmark (8, full eikonal), ECG noise sd {noise_sd:.4f} mV.\n\n"
     )
-    print(head + table)
-    if args.out:
-        with open(args.out, "a") as fh:
-            fh.write(head + table)
+    emit(head + table, args.out)
     return 0
 
 

@@ -54,24 +54,50 @@ def emit(text: str, out: str) -> None:
         fh.write(text)
 
 
+def markdown_table(rows: list[dict], cols: list[str]) -> str:
+    """Rows of dicts as a Markdown table (missing values left blank)."""
+    out = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+    return out + "".join("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |\n" for r in rows)
+
+
+def benchmark_truth() -> dict:
+    """The benchmarks' synthetic truth on the built-in heart: 8 PMJs, full eikonal, 12 leads, 2 % noise.
+
+    Returns a dict: ``mesh``, ``electrodes``, ``geom`` (float32 eikonal geometry), ``pmj_xyz``
+    (8, 3) mm, ``pmj_t`` (8,) ms, ``truth`` (n_nodes,) ms, ``lead_names``, ``times`` (n_t,) ms,
+    ``ecg`` (12, n_t) mV clean, ``noise_sd`` mV and ``noisy`` (12, n_t) mV.
+    """
+    mesh = default_mesh()
+    el = default_electrodes_table()
+    geom = eikonal_geometry(mesh, np.float32)
+    xyz, t = demo_pmjs(mesh)
+    truth = np.asarray(activation_times(geom, xyz, t), np.float64)
+    lf = LeadField.from_mesh(mesh, el)
+    tt = ecg_time_grid(truth)
+    ecg = np.asarray(simulate_ecg(truth, lf.matrix, tt), np.float64)
+    noise_sd = 0.02 * np.abs(ecg).max()
+    noisy = ecg + noise_sd * np.random.default_rng(1).normal(size=ecg.shape)
+    return dict(mesh=mesh, electrodes=el, geom=geom, pmj_xyz=xyz, pmj_t=t, truth=truth,
+                lead_names=list(lf.names), times=tt, ecg=ecg, noise_sd=noise_sd, noisy=noisy)
+
+
+def case_problem(case: dict, spec):
+    """``(problem, seconds)``: the fit problem of :func:`benchmark_truth`'s noisy ECG under ``spec``."""
+    t0 = time.time()
+    prob = build_problem(case["mesh"], case["times"], case["lead_names"], case["noisy"], case["electrodes"],
+                         spec, cache_dir=cache_dir(), progress=True)
+    return prob, time.time() - t0
+
+
 def default_case(spec_name: str = "default", n_pmj: int = 20):
-    """The benchmark case: built-in heart, 8 true PMJs (full eikonal), 12 leads, 2 % noise.
+    """The benchmark case and its problem for spec ``spec_name`` with ``n_pmj`` PMJs.
 
     Returns ``mesh, truth (n_nodes,) ms, times (n_t,) ms, clean ECG (12, n_t) mV, problem,
     seconds to build the problem`` (the distance dictionary, cached per mesh).
     """
-    mesh = default_mesh()
-    el = default_electrodes_table()
-    xyz, t = demo_pmjs(mesh)
-    truth = np.asarray(activation_times(eikonal_geometry(mesh, np.float32), xyz, t), np.float64)
-    lf = LeadField.from_mesh(mesh, el)
-    tt = ecg_time_grid(truth)
-    ecg = np.asarray(simulate_ecg(truth, lf.matrix, tt), np.float64)
-    noisy = ecg + 0.02 * np.abs(ecg).max() * np.random.default_rng(1).normal(size=ecg.shape)
-    spec = load_spec(spec_name, n_pmj=n_pmj)
-    t0 = time.time()
-    prob = build_problem(mesh, tt, list(lf.names), noisy, el, spec, cache_dir=cache_dir(), progress=True)
-    return mesh, truth, tt, ecg, prob, time.time() - t0
+    case = benchmark_truth()
+    prob, seconds = case_problem(case, load_spec(spec_name, n_pmj=n_pmj))
+    return case["mesh"], case["truth"], case["times"], case["ecg"], prob, seconds
 
 
 def main(argv=None) -> int:
@@ -165,9 +191,7 @@ def main(argv=None) -> int:
     )
     cols = ["method", "seconds", "draws", "rmse_ms", "coverage90", "mean_sd_ms", "ecg_r", "ecg_r_clean",
             "max_rhat", "rhat_within_optima", "min_ess_bulk", "divergences", "mean_tree_steps", "step_size", "s_per_ess", "notes"]
-    table = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
-    for r in rows:
-        table += "| " + " | ".join(str(r.get(c, "")) for c in cols) + " |\n"
+    table = markdown_table(rows, cols)
     text = head + table
     if per_chain:
         text += (

@@ -536,6 +536,15 @@ def _nuts_chains(
             return jax.jit(jax.vmap(run_chunk, in_axes=(0, None)), static_argnums=1)
         return jax.jit(run_chunk, static_argnums=1)
 
+    # vectorized chains are split across the local devices when their number divides evenly
+    n_dev = jax.local_device_count() if vectorized else 1
+    chain_sharding = None
+    if n_dev > 1:
+        from jax.sharding import Mesh as DeviceMesh
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        chain_sharding = NamedSharding(DeviceMesh(np.array(jax.local_devices()), ("chain",)), PartitionSpec("chain"))
+
     def advance(group: list[int], n: int):
         """One chunk of ``n`` iterations for the chains in ``group``; per-chain outputs."""
         if not vectorized:
@@ -544,7 +553,7 @@ def _nuts_chains(
             jax.block_until_ready(state.z)
             return [state], [out], int(np.sum(out[2]))
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(chains[c]["state"] for c in group))
-        if len(group) % n_dev == 0 and n_dev > 1:  # chains split across the devices (SPMD)
+        if n_dev > 1 and len(group) % n_dev == 0:  # chains split across the devices (SPMD)
             stacked = jax.device_put(stacked, chain_sharding)
         state, out = run_chunk(stacked, n)
         jax.block_until_ready(state.z)
@@ -553,13 +562,6 @@ def _nuts_chains(
         # a vmapped iteration lasts as long as its longest tree
         return states, outs, int(np.sum(np.max(np.asarray(out[2]), axis=0)))
 
-    n_dev = jax.local_device_count() if vectorized else 1
-    chain_sharding = None
-    if n_dev > 1:
-        from jax.sharding import Mesh as DeviceMesh
-        from jax.sharding import NamedSharding, PartitionSpec
-
-        chain_sharding = NamedSharding(DeviceMesh(np.array(jax.local_devices()), ("chain",)), PartitionSpec("chain"))
     run_chunk = compile_chunk(kernel)
     total = num_warmup + num_samples
     truncated = False

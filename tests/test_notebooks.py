@@ -49,7 +49,6 @@ def kernel_env(tmp_path_factory):
         # distance dictionaries shared by the notebooks of one session, not the user cache
         "CDT_BAYES_CACHE": str(tmp_path_factory.mktemp("dictionary_cache")),
         "CDT_NB_OUT": str(tmp_path_factory.mktemp("notebook_out")),
-        # the source checkout first, whatever the editable install resolves to
         **(  # this worker's persistent compilation cache (tests/conftest.py)
             {
                 "JAX_COMPILATION_CACHE_DIR": JAX_CACHE_DIR,
@@ -59,6 +58,7 @@ def kernel_env(tmp_path_factory):
             if XLA_CACHE
             else {}
         ),
+        # the source checkout first, whatever the editable install resolves to
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(
             os.pathsep
         ),
