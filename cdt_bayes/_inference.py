@@ -8,8 +8,8 @@ Which path runs when
   soft minimum and the lead-field ECG (milliseconds), never an eikonal solve.
 * ``map``: Adam from ``n_starts`` prior draws (the Geodesic-BP baseline: lr 0.75, 400
   iterations, with cosine decay), best start reported — a point estimate, sd = 0.
-* ``svi``: low-rank multivariate normal guide (captures correlations), initialised at
-  the best MAP.
+* ``svi``: low-rank multivariate normal in unconstrained space (captures correlations),
+  initialised at the best MAP, one compiled program (:func:`svi_lowrank`).
 * ``nuts``: each chain starts at a *different* MAP optimum (multi-start), with a fixed
   dense mass matrix from the Laplace approximation there; chains run one after another
   (vectorised chains cost ~10× one chain on a CPU), in chunks with a progress bar, a
