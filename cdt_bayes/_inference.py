@@ -228,7 +228,6 @@ def _prior_unconstrained(problem: FitProblem, key, n: int, supports) -> dict:
 
 def _tempered_potential(problem: FitProblem):
     """``U(u, β)``: negative log joint in unconstrained space with likelihood power β."""
-
     args, kwargs = problem.model_args()
 
     def u_fn(u, beta):
@@ -396,9 +395,9 @@ def svi_lowrank(
     ``q(u) = N(m, W Wᵀ + diag(d²))`` (``W`` is ``(dim, rank)``), the family of numpyro's
     ``AutoLowRankMultivariateNormal``, fitted by maximising the ELBO
     ``E_q[−U(u)] + H(q)`` — one reparametrised draw per step, the entropy exact (matrix
-    determinant lemma) — with clipped Adam, its step size decayed (cosine) to 5 % of ``lr``. Everything is one compiled scan per chunk: no
-    model is run eagerly (numpyro's guide set-up compiles each operation on its own,
-    ~15 s per problem on a CPU).
+    determinant lemma) — with clipped Adam, its step size decayed (cosine) to 5 % of
+    ``lr``. Everything is one compiled scan per chunk: no model is run eagerly (numpyro's
+    guide set-up compiles each operation on its own, ~15 s per problem on a CPU).
 
     Parameters
     ----------
