@@ -57,6 +57,30 @@ from ._progress import progress_bar
 
 __all__ = ["FitProblem", "build_problem", "find_map", "fit", "fit_command"]
 
+
+def _memo(owner, key: tuple, build):
+    """``build()`` once per ``(owner, key)``, kept in ``owner.__dict__`` (``owner``'s lifetime).
+
+    Compiled helpers (jitted potentials, Hessians, Adam and NUTS programs) are built from
+    closures over a problem's data. Built afresh on every call, each fit would compile
+    them all again (~30-50 s per fit on a CPU, even for a problem fitted a moment ago); kept
+    on the problem (or on the potential function derived from it), a second fit with the
+    same settings reuses them. Objects without a ``__dict__`` are not cached.
+    """
+    store = getattr(owner, "__dict__", None)
+    if store is None:
+        return build()
+    cache = store.setdefault("_cdt_compiled", {})
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
+
+
+def _tree_key(u: dict) -> tuple:
+    """Hashable structure of a pytree of arrays: its treedef and leaf shapes/dtypes."""
+    leaves, treedef = jax.tree.flatten(u)
+    return (treedef, tuple((tuple(np.shape(x)), str(jnp.result_type(x))) for x in leaves))
+
 LATENT_SITES = ("pmj_xyz_mm", "pmj_t_ms", "cv_scale", "gain", "shift_ms", "sigma_mV", "noise_rho")
 
 
@@ -197,6 +221,12 @@ def _setup(problem: FitProblem, key):
     ``jax.jit`` (run eagerly, as ``numpyro.infer.util.initialize_model`` does, every
     operation would be compiled on its own: ~200 small compilations, seconds per problem).
     """
+    init, potential_fn, postprocess_fn, supports = _memo(problem, ("setup",), lambda: _model_fns(problem))
+    return init(key), potential_fn, postprocess_fn, supports
+
+
+def _model_fns(problem: FitProblem):
+    """``(init, potential_fn, postprocess_fn, supports)``, built once per problem (:func:`_memo`)."""
     args, kwargs = problem.model_args()
     supports: dict = {}
 
@@ -206,8 +236,6 @@ def _setup(problem: FitProblem, key):
         supports.update({k: s["fn"].support for k, s in latent.items()})  # static objects
         return {k: biject_to(s["fn"].support).inv(s["value"]) for k, s in latent.items()}
 
-    z0 = jax.jit(init)(key)
-
     def potential_fn(u):
         return potential_energy(cdt_model, args, kwargs, u)
 
@@ -216,24 +244,30 @@ def _setup(problem: FitProblem, key):
         # would make a vmap over all draws hold n_pmj x neighbours x n_nodes per draw
         return constrain_fn(cdt_model, args, kwargs, u, return_deterministic=False)
 
-    return z0, potential_fn, postprocess_fn, supports
+    return jax.jit(init), potential_fn, postprocess_fn, supports
 
 
 def _prior_unconstrained(problem: FitProblem, key, n: int, supports) -> dict:
-    args, _ = problem.model_args()
-    prior = Predictive(cdt_model, num_samples=n, return_sites=list(supports))
-    draws = jax.jit(lambda k: prior(k, *args))(key)  # traced once, not op by op
+    def build():
+        args, _ = problem.model_args()
+        prior = Predictive(cdt_model, num_samples=n, return_sites=list(supports))
+        return jax.jit(lambda k: prior(k, *args))  # traced once, not op by op
+
+    draws = _memo(problem, ("prior", n, tuple(supports)), build)(key)
     return {k: biject_to(sup).inv(draws[k]) for k, sup in supports.items()}
 
 
 def _tempered_potential(problem: FitProblem):
     """``U(u, β)``: negative log joint in unconstrained space with likelihood power β."""
-    args, kwargs = problem.model_args()
+    def build():
+        args, kwargs = problem.model_args()
 
-    def u_fn(u, beta):
-        return potential_energy(cdt_model, args, {**kwargs, "temper": beta}, u)
+        def u_fn(u, beta):
+            return potential_energy(cdt_model, args, {**kwargs, "temper": beta}, u)
 
-    return u_fn
+        return u_fn
+
+    return _memo(problem, ("tempered",), build)
 
 
 def _adam(u_fn, u0, steps: int, lr, anneal: float = 0.6, beta0: float = 0.02):
@@ -244,10 +278,19 @@ def _adam(u_fn, u0, steps: int, lr, anneal: float = 0.6, beta0: float = 0.02):
     ``lr`` is a float or a dict of per-site step sizes (same keys as ``u0``).
     """
     b1, b2, eps = 0.9, 0.999, 1e-8
+    rates = lr if isinstance(lr, dict) else jax.tree.map(lambda _: lr, jax.tree.map(lambda x: x[0], u0))
+    rates = jax.tree.map(lambda r: jnp.asarray(r, jnp.float32), rates)  # an argument: no recompilation per value
+    run = _memo(u_fn, ("adam", steps, anneal, beta0), lambda: _adam_program(u_fn, steps, anneal, beta0))
+    return run(u0, rates)
+
+
+def _adam_program(u_fn, steps: int, anneal: float, beta0: float):
+    """The compiled Adam run of :func:`_adam`: ``(u0 batch, per-site rates) -> (u, loss, trace)``."""
+    b1, b2, eps = 0.9, 0.999, 1e-8
     vg = jax.value_and_grad(u_fn)
     n_anneal = max(1, int(anneal * steps))
 
-    def one(u):
+    def one(u, rates):
         def step(carry, i):
             u, m, v = carry
             beta = jnp.minimum(1.0, beta0 ** (1.0 - i / n_anneal))
@@ -257,7 +300,6 @@ def _adam(u_fn, u0, steps: int, lr, anneal: float = 0.6, beta0: float = 0.02):
             v = jax.tree.map(lambda a, b: b2 * a + (1 - b2) * b * b, v, g)
             k = i + 1.0
             decay = 0.01 + 0.99 * 0.5 * (1 + jnp.cos(jnp.pi * i / steps))
-            rates = lr if isinstance(lr, dict) else jax.tree.map(lambda _: lr, u)
             u = jax.tree.map(
                 lambda p, a, b, r: p - r * decay * (a / (1 - b1**k)) / (jnp.sqrt(b / (1 - b2**k)) + eps),
                 u,
@@ -271,7 +313,7 @@ def _adam(u_fn, u0, steps: int, lr, anneal: float = 0.6, beta0: float = 0.02):
         (u, _, _), trace = jax.lax.scan(step, (u, zeros, zeros), jnp.arange(steps, dtype=jnp.float32))
         return u, u_fn(u, 1.0), trace
 
-    return jax.jit(jax.vmap(one))(u0)
+    return jax.jit(jax.vmap(one, in_axes=(0, None)))
 
 
 def _screen(u_fn, u: dict, keep: int, batch: int = 8) -> dict:
@@ -280,7 +322,7 @@ def _screen(u_fn, u: dict, keep: int, batch: int = 8) -> dict:
     ``lax.map`` in small batches: a wide ``vmap`` would gather ``batch × n_pmj ×
     neighbours × n_nodes`` residual rows at once (gigabytes), for no gain on a CPU.
     """
-    f = jax.jit(lambda x: jax.lax.map(lambda y: u_fn(y, 1.0), x, batch_size=batch))
+    f = _memo(u_fn, ("screen", batch), lambda: jax.jit(lambda x: jax.lax.map(lambda y: u_fn(y, 1.0), x, batch_size=batch)))
     vals = np.asarray(f(u))
     vals = np.where(np.isfinite(vals), vals, np.inf)
     best = np.argsort(vals)[:keep]
@@ -337,7 +379,8 @@ def _abs_eig_inverse(h: np.ndarray, floor: float) -> tuple[np.ndarray, float]:
 
 def _hessian_fn(potential_fn, u: dict):
     flat, unravel = ravel_pytree(u)
-    return flat, jax.jit(jax.hessian(lambda f: potential_fn(unravel(f))))
+    hess = _memo(potential_fn, ("hessian", _tree_key(u)), lambda: jax.jit(jax.hessian(lambda f: potential_fn(unravel(f)))))
+    return flat, hess
 
 
 def laplace_optima(potential_fn, u: dict, losses: np.ndarray, floor: float = 1e-2):
@@ -419,32 +462,14 @@ def svi_lowrank(
     flat0, unravel = ravel_pytree(u0)
     dim = flat0.size
     rank = int(max(1, min(rank, dim)))
-
-    def neg_elbo(params, eps):
-        m, w, d = params["loc"], params["cov_factor"], jax.nn.softplus(params["scale_raw"])
-        z = m + w @ eps[:rank] + d * eps[rank:]
-        cap = jnp.eye(rank) + (w / d[:, None] ** 2).T @ w  # I + Wᵀ D⁻² W
-        entropy = jnp.sum(jnp.log(d)) + 0.5 * jnp.linalg.slogdet(cap)[1]
-        return potential_fn(unravel(z)) - entropy
-
-    # cosine decay to 5 % of ``lr``: the last iterates settle instead of jittering by ~lr
-    opt = numpyro.optim.ClippedAdam(lambda i: lr * (0.05 + 0.95 * 0.5 * (1 + jnp.cos(jnp.pi * i / max(steps, 1)))))
+    opt, run = _memo(
+        potential_fn, ("svi", _tree_key(u0), rank, lr, steps), lambda: _svi_program(potential_fn, u0, rank, lr, steps)
+    )
     params = {
         "loc": flat0,
         "cov_factor": jnp.zeros((dim, rank), flat0.dtype),
         "scale_raw": jnp.full(dim, np.log(np.expm1(init_scale)), flat0.dtype),
     }
-    vg = jax.value_and_grad(neg_elbo)
-
-    @functools.partial(jax.jit, static_argnums=2)
-    def run(state, key, n):
-        def step(st, k):
-            val, g = vg(opt.get_params(st), jax.random.normal(k, (rank + dim,), flat0.dtype))
-            g = jax.tree.map(lambda x: jnp.where(jnp.isfinite(x), x, 0.0), g)
-            return opt.update(g, st), val
-
-        return jax.lax.scan(step, state, jax.random.split(key, n))
-
     state = opt.init(params)
     losses = []
     with progress_bar(total=steps, desc=f"SVI (low-rank normal, rank {rank})", disable=not progress) as bar:
@@ -461,6 +486,34 @@ def svi_lowrank(
     d = jax.nn.softplus(p["scale_raw"])
     draws = p["loc"] + eps[:, :rank] @ p["cov_factor"].T + d * eps[:, rank:]
     return np.asarray(draws), np.concatenate(losses) if losses else np.zeros(0)
+
+
+def _svi_program(potential_fn, u0: dict, rank: int, lr: float, steps: int):
+    """``(optimiser, compiled chunk of steps)`` of :func:`svi_lowrank`."""
+    flat0, unravel = ravel_pytree(u0)
+    dim = flat0.size
+
+    def neg_elbo(params, eps):
+        m, w, d = params["loc"], params["cov_factor"], jax.nn.softplus(params["scale_raw"])
+        z = m + w @ eps[:rank] + d * eps[rank:]
+        cap = jnp.eye(rank) + (w / d[:, None] ** 2).T @ w  # I + Wᵀ D⁻² W
+        entropy = jnp.sum(jnp.log(d)) + 0.5 * jnp.linalg.slogdet(cap)[1]
+        return potential_fn(unravel(z)) - entropy
+
+    # cosine decay to 5 % of ``lr``: the last iterates settle instead of jittering by ~lr
+    opt = numpyro.optim.ClippedAdam(lambda i: lr * (0.05 + 0.95 * 0.5 * (1 + jnp.cos(jnp.pi * i / max(steps, 1)))))
+    vg = jax.value_and_grad(neg_elbo)
+
+    @functools.partial(jax.jit, static_argnums=2)
+    def run(state, key, n):
+        def step(st, k):
+            val, g = vg(opt.get_params(st), jax.random.normal(k, (rank + dim,), flat0.dtype))
+            g = jax.tree.map(lambda x: jnp.where(jnp.isfinite(x), x, 0.0), g)
+            return opt.update(g, st), val
+
+        return jax.lax.scan(step, state, jax.random.split(key, n))
+
+    return opt, run
 
 
 def evidence_weights(log_evidence: np.ndarray) -> np.ndarray:
@@ -609,24 +662,6 @@ def _nuts_chains(
         if saved_schedule[2] > 0:  # replanned by a budget: keep its kernels' schedule
             schedule = saved_schedule
     num_warmup, num_samples, wa_base = schedule
-    kernel = make_kernel(inv_masses[0])
-    # one compiled initialisation for all chains (eagerly, every operation of the gradient
-    # compiles on its own): each chain's mass matrix is an argument, and the sampler reads it
-    # from the state, so chain 0's kernel serves all chains afterwards
-    init_state = jax.jit(lambda key, z, m: make_kernel(m).init(key, num_warmup - wa_base, init_params=z))
-    # ``kernel.init`` sets up its sample function; an abstract evaluation does that, unevaluated
-    jax.eval_shape(lambda key, z: kernel.init(key, num_warmup - wa_base, init_params=z), keys[0], starts[0])
-    chains = []
-    for c in range(n_chains):
-        state = init_state(keys[c], starts[c], jnp.asarray(inv_masses[c], jnp.float32))
-        rec = {"state": state, "done": 0, "samples": [], "stats": []}
-        ckpt = ckdir / f"chain{c}.pkl" if ckdir is not None else None
-        if ckpt is not None and ckpt.exists():
-            with open(ckpt, "rb") as fh:
-                saved = pickle.load(fh)
-            rec = {**saved, "state": jax.tree.map(jnp.asarray, saved["state"])}
-        rec["ckpt"] = ckpt
-        chains.append(rec)
 
     def compile_chunk(kernel):
         def run_chunk(state, n):
@@ -639,6 +674,38 @@ def _nuts_chains(
         if vectorized:
             return jax.jit(jax.vmap(run_chunk, in_axes=(0, None)), static_argnums=1)
         return jax.jit(run_chunk, static_argnums=1)
+
+    def programs(warm: int):
+        """``(init_state, run_chunk)`` of kernels adapting over ``warm`` iterations, built once.
+
+        One compiled initialisation serves all chains (eagerly, every operation of the
+        gradient would compile on its own): each chain's mass matrix is an argument, and the
+        sampler reads it from the state, so one kernel's compiled chunk serves all chains.
+        Both are kept on ``potential_fn`` (:func:`_memo`): a later run with the same settings
+        compiles nothing.
+        """
+
+        def build():
+            kernel = make_kernel(inv_masses[0])
+            # ``kernel.init`` sets up its sample function; an abstract evaluation does that
+            jax.eval_shape(lambda key, z: kernel.init(key, warm, init_params=z), keys[0], starts[0])
+            init_state = jax.jit(lambda key, z, m: make_kernel(m).init(key, warm, init_params=z))
+            return init_state, compile_chunk(kernel)
+
+        return _memo(potential_fn, ("nuts", max_tree_depth, warm, vectorized, _tree_key(starts[0])), build)
+
+    init_state, run_chunk = programs(num_warmup - wa_base)
+    chains = []
+    for c in range(n_chains):
+        state = init_state(keys[c], starts[c], jnp.asarray(inv_masses[c], jnp.float32))
+        rec = {"state": state, "done": 0, "samples": [], "stats": []}
+        ckpt = ckdir / f"chain{c}.pkl" if ckdir is not None else None
+        if ckpt is not None and ckpt.exists():
+            with open(ckpt, "rb") as fh:
+                saved = pickle.load(fh)
+            rec = {**saved, "state": jax.tree.map(jnp.asarray, saved["state"])}
+        rec["ckpt"] = ckpt
+        chains.append(rec)
 
     # vectorized chains are split across the local devices when their number divides evenly
     n_dev = jax.local_device_count() if vectorized else 1
@@ -666,7 +733,6 @@ def _nuts_chains(
         # a vmapped iteration lasts as long as its longest tree
         return states, outs, int(np.sum(np.max(np.asarray(out[2]), axis=0)))
 
-    run_chunk = compile_chunk(kernel)
     total = num_warmup + num_samples
     truncated = False
     replan = deadline is not None and all(r["done"] == 0 for r in chains)
@@ -733,12 +799,11 @@ def _nuts_chains(
                 )
                 if plan is not None:
                     new_warmup, new_samples = plan
-                    kernel = make_kernel(inv_masses[0])
                     for c, rec in enumerate(chains):
-                        k = kernel if c == 0 else make_kernel(inv_masses[c])
+                        init_c, _ = programs(new_warmup - rec["done"])
                         key = jax.random.fold_in(keys[c], 1)
-                        rec["state"] = k.init(key, new_warmup - rec["done"], init_params=rec["state"].z)
-                    run_chunk = compile_chunk(kernel)
+                        rec["state"] = init_c(key, rec["state"].z, jnp.asarray(inv_masses[c], jnp.float32))
+                    _, run_chunk = programs(new_warmup - chains[0]["done"])
                     first_call = True
                     plan_note = (
                         f"time budget: {per_iter:.2f} s per iteration, so warm-up was shortened to "
@@ -859,7 +924,7 @@ def fit(
     )
     notes: list[str] = []
     optima: list[dict] = []
-    post = jax.jit(jax.vmap(postprocess_fn))
+    post = _memo(postprocess_fn, ("vmap",), lambda: jax.jit(jax.vmap(postprocess_fn)))
     stats = None
     if method == "map":
         best = jax.tree.map(lambda x: x[:1], u)
@@ -890,7 +955,7 @@ def fit(
         if ckdir is not None:
             ckdir.mkdir(parents=True, exist_ok=True)
         k_disp = jax.random.split(jax.random.fold_in(k_run, 7), chains)
-        pot_jit = jax.jit(potential_fn)
+        pot_jit = _memo(potential_fn, ("jit",), lambda: jax.jit(potential_fn))
         starts = [
             _dispersed_start(pot_jit, jax.tree.map(lambda x, i=i: x[i], u), masses[i], k_disp[c], float(losses[i]))
             for c, i in enumerate(idx)
