@@ -1,5 +1,6 @@
 """Inference: MAP recovery, NUTS/SVI outputs, checkpoint resume, reproducibility, CLI fit."""
 
+import contextlib
 import json
 
 import jax
@@ -14,6 +15,28 @@ from cdt_bayes._inference import build_problem, find_map, fit
 from cdt_bayes._model import dictionary_activation, load_spec
 from cdt_bayes._outputs import write_fit_outputs
 from cdt_bayes._summaries import ecg_correlation
+
+
+_EVENTS: list | None = None
+
+
+def _on_event(name, *_, **__):
+    if _EVENTS is not None:
+        _EVENTS.append(name)
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_event)
+
+
+@contextlib.contextmanager
+def _jax_events():
+    """Names of the JAX monitoring events (tracing, compilation) inside the block."""
+    global _EVENTS
+    _EVENTS = []
+    try:
+        yield _EVENTS
+    finally:
+        _EVENTS = None
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +64,13 @@ def test_nuts_outputs_and_reproducibility(case, tmp_path):
     prob, t_act, _ = case
     kw = dict(chains=2, num_warmup=20, num_samples=20, seed=3, n_starts=4, map_steps=150, progress=False)
     r1 = fit(prob, "nuts", **kw)
-    r2 = fit(prob, "nuts", **kw)
+    with _jax_events() as events:
+        jax.jit(lambda x: x + 1.0)(jnp.ones(3))  # positive control: a fresh function compiles
+    assert any("compile" in e for e in events), events
+    with _jax_events() as events:
+        r2 = fit(prob, "nuts", **kw)
+    # the second fit of the same problem and settings reuses every compiled program
+    assert not [e for e in events if "compile" in e or "trace" in e], events
     for k in r1.draws:
         np.testing.assert_array_equal(r1.draws[k], r2.draws[k])
     assert r1.draws["pmj_xyz_mm"].shape == (2, 20, 2, 3)
