@@ -98,10 +98,28 @@ def test_notebooks_present():
     ]
 
 
+# One class per heavy notebook: ``make test`` hands out whole modules and classes to its
+# workers (``--dist loadscope``), so the two longest notebooks (~2-3 min each) run side by
+# side instead of one after the other in a single worker.
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ["01_forward_quickstart.ipynb", "04_real_ecg.ipynb"])
 def test_notebook_runs(name, kernel_env, monkeypatch, record_property):
     record_property("seconds", run_notebook(name, kernel_env, monkeypatch))
+
+
+@pytest.mark.slow
+class TestPosteriorNotebook:
+    def test_notebook_runs(self, kernel_env, monkeypatch, record_property):
+        name = "02_posterior_nonidentifiability.ipynb"
+        record_property("seconds", run_notebook(name, kernel_env, monkeypatch))
+
+
+@pytest.mark.slow
+class TestSensitivityNotebook:
+    def test_notebook_runs(self, kernel_env, monkeypatch, record_property):
+        name = "03_prior_sensitivity.ipynb"
+        record_property("seconds", run_notebook(name, kernel_env, monkeypatch))
+
 
 
 @pytest.mark.slow
