@@ -81,6 +81,7 @@ def _tree_key(u: dict) -> tuple:
     leaves, treedef = jax.tree.flatten(u)
     return (treedef, tuple((tuple(np.shape(x)), str(jnp.result_type(x))) for x in leaves))
 
+
 LATENT_SITES = ("pmj_xyz_mm", "pmj_t_ms", "cv_scale", "gain", "shift_ms", "sigma_mV", "noise_rho")
 
 
@@ -277,7 +278,6 @@ def _adam(u_fn, u0, steps: int, lr, anneal: float = 0.6, beta0: float = 0.02):
     ``anneal`` fraction of the steps (a flatter landscape first, fewer poor local optima).
     ``lr`` is a float or a dict of per-site step sizes (same keys as ``u0``).
     """
-    b1, b2, eps = 0.9, 0.999, 1e-8
     rates = lr if isinstance(lr, dict) else jax.tree.map(lambda _: lr, jax.tree.map(lambda x: x[0], u0))
     rates = jax.tree.map(lambda r: jnp.asarray(r, jnp.float32), rates)  # an argument: no recompilation per value
     run = _memo(u_fn, ("adam", steps, anneal, beta0), lambda: _adam_program(u_fn, steps, anneal, beta0))
@@ -322,7 +322,10 @@ def _screen(u_fn, u: dict, keep: int, batch: int = 8) -> dict:
     ``lax.map`` in small batches: a wide ``vmap`` would gather ``batch × n_pmj ×
     neighbours × n_nodes`` residual rows at once (gigabytes), for no gain on a CPU.
     """
-    f = _memo(u_fn, ("screen", batch), lambda: jax.jit(lambda x: jax.lax.map(lambda y: u_fn(y, 1.0), x, batch_size=batch)))
+    def build():
+        return jax.jit(lambda x: jax.lax.map(lambda y: u_fn(y, 1.0), x, batch_size=batch))
+
+    f = _memo(u_fn, ("screen", batch), build)
     vals = np.asarray(f(u))
     vals = np.where(np.isfinite(vals), vals, np.inf)
     best = np.argsort(vals)[:keep]
@@ -379,7 +382,10 @@ def _abs_eig_inverse(h: np.ndarray, floor: float) -> tuple[np.ndarray, float]:
 
 def _hessian_fn(potential_fn, u: dict):
     flat, unravel = ravel_pytree(u)
-    hess = _memo(potential_fn, ("hessian", _tree_key(u)), lambda: jax.jit(jax.hessian(lambda f: potential_fn(unravel(f)))))
+    def build():
+        return jax.jit(jax.hessian(lambda f: potential_fn(unravel(f))))
+
+    hess = _memo(potential_fn, ("hessian", _tree_key(u)), build)
     return flat, hess
 
 
