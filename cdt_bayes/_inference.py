@@ -50,6 +50,7 @@ from ._model import (
     distance_dictionary,
     model_ecg,
     node_metric,
+    pmj_groups,
     select_sites,
     straight_travel_time,
 )
@@ -175,6 +176,8 @@ def build_problem(
             np.save(tmp, dmat)
             os.replace(tmp, cache)
     nodes = np.asarray(mesh.nodes, np.float64)
+    admissible = admissible_nodes(mesh, spec, name)
+    site_group, pmj_group = pmj_groups(mesh, spec, admissible, name)
     site_metric = node_metric(mesh, spec.cv_fiber, spec.cv_cross)[site_nodes]
     straight = np.asarray(
         straight_travel_time(jnp.asarray(nodes[site_nodes]), jnp.asarray(site_metric), jnp.asarray(nodes))
@@ -189,11 +192,13 @@ def build_problem(
         dist=jnp.asarray(resid),
         site_metric=jnp.asarray(site_metric, jnp.float32),
         nodes=jnp.asarray(nodes, jnp.float32),
-        prior_sites=jnp.asarray(nodes[admissible_nodes(mesh, spec, name)], jnp.float32),
+        prior_sites=jnp.asarray(nodes[admissible], jnp.float32),
         lead=jnp.asarray(lead),
         times=jnp.asarray(t, jnp.float32),
         gain0=jnp.asarray(1.0, jnp.float32),
         noise_scale=jnp.asarray(spec.noise_rel_scale * rms_obs, jnp.float32),
+        prior_group=None if site_group is None else jnp.asarray(site_group),
+        pmj_group=None if pmj_group is None else jnp.asarray(pmj_group),
     )
     data = data._replace(gain0=jnp.asarray(_gain_centre(data, spec, rms_obs), jnp.float32))
     return FitProblem(

@@ -35,7 +35,9 @@ Prior on PMJ positions
 version of "uniform over the admissible layer" whose gradient never vanishes away from
 it — what NUTS needs — and which is sampled exactly (prior predictive, SBC). The
 constraint is therefore soft: PMJs sit within ~``layer_depth_mm + prior_kernel_mm`` of
-the endocardium. With ``constrain_to_layer = false`` every node is admissible.
+the endocardium. With ``constrain_to_layer = false`` every node is admissible. With
+``split_ventricles = true`` (the ``split_ventricles`` spec) each PMJ has the mixture over
+one ventricle's layer only (:func:`pmj_groups`).
 
 Sample sites: ``pmj_xyz_mm (n_pmj, 3)``, ``pmj_t_ms (n_pmj,)``, ``cv_scale`` (when
 velocities are inferred), ``gain``, ``shift_ms`` (only when ``shift_sd_ms > 0``: a common
@@ -67,7 +69,7 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
 from ._errors import SpecError
-from ._geometry import Mesh, admissible_sites
+from ._geometry import Mesh, admissible_sites, endo_distance_by_side
 
 __all__ = [
     "ModelSpec",
@@ -77,6 +79,7 @@ __all__ = [
     "list_specs",
     "select_sites",
     "admissible_nodes",
+    "pmj_groups",
     "distance_dictionary",
     "dictionary_activation",
     "node_metric",
@@ -103,6 +106,8 @@ _SCHEMA: dict[str, dict[str, type | tuple]] = {
         "prior_kernel_mm": float,
         "t_max_ms": float,
         "interpolation": str,
+        "split_ventricles": bool,
+        "n_pmj_lv": int,
     },
     "conduction": {"cv_fiber": float, "cv_cross": float, "infer_scale": bool, "scale_log_sd": float},
     "ecg": {"leads": (str, list), "dt_ms": float, "softmin_tau_ms": float, "cone_smoothing_ms": float},
@@ -139,6 +144,8 @@ class ModelSpec:
     noise_rel_scale: float
     ar1_rho_max: float = 0.98
     interpolation: str = "local_linear"
+    split_ventricles: bool = False
+    n_pmj_lv: int = -1
     source: str = ""
 
     def replace(self, **kw) -> ModelSpec:
@@ -218,7 +225,8 @@ def load_spec(name_or_path: str | Path = "default", **overrides) -> ModelSpec:
             if not isinstance(val, typ) or (typ is int and isinstance(val, bool)):
                 raise SpecError(f"{src}: [{sec}] {key} = {val!r} has the wrong type")
             flat[key] = val
-    optional = {"source", "ar1_rho_max", "interpolation"}  # keys with a default (added after specs were shipped)
+    # keys with a default (added after specs were shipped)
+    optional = {"source", "ar1_rho_max", "interpolation", "split_ventricles", "n_pmj_lv"}
     missing = [f.name for f in dataclasses.fields(ModelSpec) if f.name not in flat and f.name not in optional]
     missing = [m for m in missing if m not in overrides]
     if missing:
@@ -235,6 +243,8 @@ def _validate(spec: ModelSpec, src: str) -> ModelSpec:
 
     if spec.n_pmj < 1:
         bad("n_pmj", "must be >= 1")
+    if spec.n_pmj_lv < -1 or spec.n_pmj_lv > spec.n_pmj:
+        bad("n_pmj_lv", f"must be -1 (by layer size) or 0..n_pmj ({spec.n_pmj})")
     if spec.likelihood not in ("normal", "student_t", "ar1"):
         bad("likelihood", "must be 'normal', 'student_t' or 'ar1'")
     if spec.interpolation not in ("local_linear", "local_constant"):
@@ -276,6 +286,37 @@ def admissible_nodes(mesh: Mesh, spec: ModelSpec, name: str = "mesh") -> np.ndar
     if spec.constrain_to_layer:
         return admissible_sites(mesh, spec.layer_depth_mm, name=name)
     return np.arange(mesh.n_nodes)
+
+
+def pmj_groups(mesh: Mesh, spec: ModelSpec, admissible: np.ndarray, name: str = "mesh"):
+    """Ventricle of each admissible node and of each PMJ, or ``(None, None)``.
+
+    With ``split_ventricles`` (spec ``split_ventricles``) and a layer on both ventricles,
+    each admissible node belongs to the nearer endocardium (0 LV, 1 RV) and the first
+    ``n_pmj_lv`` PMJs are LV PMJs, the others RV PMJs. ``n_pmj_lv = -1`` takes the LV
+    share of the admissible nodes (rounded, at least one PMJ per ventricle when
+    ``n_pmj >= 2``). Without the split, or on a mesh with one labelled ventricle or an
+    unconstrained layer, every PMJ may sit anywhere in the admissible set.
+
+    Returns
+    -------
+    site_group : (n_admissible,) int32 or None
+    pmj_group : (n_pmj,) int32 or None
+    """
+    if not (spec.split_ventricles and spec.constrain_to_layer):
+        return None, None
+    d_lv, d_rv = endo_distance_by_side(mesh, name)
+    if not (np.isfinite(d_lv).any() and np.isfinite(d_rv).any()):
+        return None, None
+    site_group = (d_rv[admissible] < d_lv[admissible]).astype(np.int32)
+    k = spec.n_pmj
+    if spec.n_pmj_lv >= 0:
+        k_lv = spec.n_pmj_lv
+    else:
+        k_lv = int(round(k * float(np.mean(site_group == 0))))
+        if k >= 2:
+            k_lv = min(max(k_lv, 1), k - 1)
+    return site_group, (np.arange(k) >= k_lv).astype(np.int32)
 
 
 def select_sites(mesh: Mesh, spec: ModelSpec, name: str = "mesh") -> np.ndarray:
@@ -361,35 +402,63 @@ def dictionary_key(mesh: Mesh, site_nodes: np.ndarray, cv_fiber: float, cv_cross
 class LayerPrior(dist.Distribution):
     """Gaussian mixture over sites: a smooth density on the admissible layer.
 
+    Without groups every PMJ has the same density, the equal-weight mixture over all
+    sites. With groups (one per ventricle), PMJ ``k`` has the mixture over the sites of
+    its own group ``pmj_group[k]`` only: an LV PMJ stays on the LV layer, an RV one on the
+    RV layer. (One mixture over both layers is bimodal for every PMJ — the septum and the
+    cavities lie between the two layers — and NUTS on that prior alone gave an effective
+    sample size of 6 in 500 draws; one layer per PMJ gave 125–134.)
+
     Parameters
     ----------
     sites : (n_sites, 3) array, mm
     kernel_mm : float
         Standard deviation of each component, mm.
+    site_group : (n_sites,) int or None
+        Group of each site (0 LV, 1 RV).
+    pmj_group : (n_pmj,) int or None
+        Group of each PMJ; gives the distribution ``batch_shape (n_pmj,)``.
     """
 
     arg_constraints = {}
     support = constraints.real_vector
     reparametrized_params = []
 
-    def __init__(self, sites, kernel_mm, *, validate_args=None):
+    def __init__(self, sites, kernel_mm, site_group=None, pmj_group=None, *, validate_args=None):
         self.sites = jnp.asarray(sites)
         self.kernel_mm = kernel_mm
-        super().__init__(batch_shape=(), event_shape=(3,), validate_args=validate_args)
+        if (site_group is None) != (pmj_group is None):
+            raise ValueError("LayerPrior: give both site_group and pmj_group, or neither")
+        self.site_group = None if site_group is None else jnp.asarray(site_group, jnp.int32)
+        self.pmj_group = None if pmj_group is None else jnp.asarray(pmj_group, jnp.int32)
+        batch = () if pmj_group is None else tuple(self.pmj_group.shape)
+        super().__init__(batch_shape=batch, event_shape=(3,), validate_args=validate_args)
+
+    def _mask(self):
+        """(n_pmj, n_sites) bool: the sites each PMJ's mixture uses."""
+        return self.pmj_group[:, None] == self.site_group[None, :]
 
     def sample(self, key, sample_shape=()):
-        """Draw a site uniformly, then add Gaussian noise of sd ``kernel_mm``."""
+        """Draw a site uniformly (from the PMJ's group), then add noise of sd ``kernel_mm``."""
         k1, k2 = jax.random.split(key)
         shape = sample_shape + self.batch_shape
-        i = jax.random.randint(k1, shape, 0, self.sites.shape[0])
+        if self.pmj_group is None:
+            i = jax.random.randint(k1, shape, 0, self.sites.shape[0])
+        else:
+            logits = jnp.where(self._mask(), 0.0, -jnp.inf)
+            i = jax.random.categorical(k1, logits, shape=shape)
         return self.sites[i] + self.kernel_mm * jax.random.normal(k2, shape + (3,), self.sites.dtype)
 
     def log_prob(self, value):
         """Log density, shape ``value.shape[:-1]``."""
         h2 = self.kernel_mm**2
         d2 = jnp.sum((value[..., None, :] - self.sites) ** 2, -1)
-        n = self.sites.shape[0]
-        return jax.nn.logsumexp(-0.5 * d2 / h2, -1) - jnp.log(n) - 1.5 * jnp.log(2 * jnp.pi * h2)
+        norm = -1.5 * jnp.log(2 * jnp.pi * h2)
+        if self.pmj_group is None:
+            return jax.nn.logsumexp(-0.5 * d2 / h2, -1) - jnp.log(self.sites.shape[0]) + norm
+        mask = self._mask()
+        n = mask.sum(-1).astype(d2.dtype)
+        return jax.nn.logsumexp(jnp.where(mask, -0.5 * d2 / h2, -jnp.inf), -1) - jnp.log(n) + norm
 
 
 class AR1Normal(dist.Distribution):
@@ -469,6 +538,8 @@ class ModelData(NamedTuple):
     times : (n_times,) ms, where the ECG is compared
     gain0 : () prior median of the ECG gain
     noise_scale : () mV, HalfNormal scale of sigma
+    prior_group : (n_admissible,) int32 or None, ventricle of each prior site (0 LV, 1 RV)
+    pmj_group : (n_pmj,) int32 or None, ventricle of each PMJ (see :func:`pmj_groups`)
     """
 
     sites: jax.Array
@@ -480,6 +551,8 @@ class ModelData(NamedTuple):
     times: jax.Array
     gain0: jax.Array
     noise_scale: jax.Array
+    prior_group: jax.Array | None = None
+    pmj_group: jax.Array | None = None
 
 
 #: Sites entering the kernel interpolation of one PMJ (its nearest ones). With sites
@@ -690,7 +763,8 @@ def cdt_model(data: ModelData, spec: ModelSpec, obs=None, temper=1.0):
         multi-start MAP optimisation).
     """
     with numpyro.plate("pmj", spec.n_pmj):
-        z = numpyro.sample("pmj_xyz_mm", LayerPrior(data.prior_sites, spec.prior_kernel_mm))
+        prior = LayerPrior(data.prior_sites, spec.prior_kernel_mm, data.prior_group, data.pmj_group)
+        z = numpyro.sample("pmj_xyz_mm", prior)
         t = numpyro.sample("pmj_t_ms", dist.Uniform(0.0, spec.t_max_ms))
     if spec.infer_scale:
         scale = numpyro.sample("cv_scale", dist.LogNormal(0.0, spec.scale_log_sd))

@@ -425,7 +425,9 @@ def render_priors(cdt) -> str:
             "`pmj_xyz_mm` (n_pmj, 3), mm",
             "`LayerPrior`: equal-weight mixture of isotropic Gaussians, sd "
             f"`prior_kernel_mm` = {s['prior_kernel_mm']:g} mm, one centred on every admissible "
-            f"node (within `layer_depth_mm` = {s['layer_depth_mm']:g} mm of the LV/RV endocardium)",
+            f"node (within `layer_depth_mm` = {s['layer_depth_mm']:g} mm of the LV/RV "
+            "endocardium); "
+            "with `split_ventricles` each PMJ's mixture covers its own ventricle's layer only",
             "a smooth stand-in for 'uniform over the subendocardial layer'",
         ],
         [

@@ -34,6 +34,7 @@ def test_shipped_specs_load():
         ("[model]\nlikelihood = 'cauchy'\n", "likelihood"),
         ("[model]\nn_pmj = 'many'\n", "wrong type"),
         ("[model\n", "not valid TOML"),
+        ("[pmj]\nn_pmj_lv = 99\n", "n_pmj_lv"),
     ],
 )
 def test_spec_errors_name_file_and_key(tmp_path, text, match):
@@ -65,6 +66,78 @@ def test_layer_prior_sample_matches_log_prob():
     # samples concentrate within ~3 sd of some site
     dmin = np.sqrt(((np.asarray(x)[:, None] - np.asarray(sites)[None]) ** 2).sum(-1)).min(1)
     assert np.quantile(dmin, 0.99) < 4.0
+
+
+def test_grouped_layer_prior_is_each_pmjs_own_mixture():
+    """With groups, PMJ k's density is the mixture over its group's sites only (normalised),
+    and its draws sit on that group's sites."""
+    rng = np.random.default_rng(0)
+    lv, rv = rng.uniform(0, 5, (20, 3)), rng.uniform(20, 25, (30, 3))
+    sites = jnp.asarray(np.concatenate([lv, rv]), jnp.float32)
+    site_group = np.repeat([0, 1], [20, 30])
+    pmj_group = np.array([0, 1, 1])
+    d = LayerPrior(sites, 1.0, site_group, pmj_group)
+    assert d.batch_shape == (3,)
+    z = jnp.asarray(rng.uniform(0, 25, (3, 3)), jnp.float32)
+    for k, g in enumerate(pmj_group):
+        own = LayerPrior(sites[site_group == g], 1.0)
+        np.testing.assert_allclose(float(d.log_prob(z)[k]), float(own.log_prob(z[k])), rtol=1e-5)
+    x = np.asarray(d.sample(jax.random.key(0), (2000,)))
+    assert x.shape == (2000, 3, 3)
+    assert np.all(x[:, 0].mean(0) < 10) and np.all(x[:, 1:].mean((0, 1)) > 15)
+    g = jax.grad(lambda z: d.log_prob(z).sum())(z)
+    assert np.isfinite(np.asarray(g)).all()
+    with pytest.raises(ValueError, match="both"):
+        LayerPrior(sites, 1.0, site_group, None)
+
+
+def test_pmj_groups_split_by_ventricle():
+    from cdt_bayes._geometry import endo_distance_by_side
+    from cdt_bayes._meshgen import default_mesh
+    from cdt_bayes._model import admissible_nodes, pmj_groups
+
+    mesh = default_mesh()
+    spec = load_spec("split_ventricles")
+    assert spec.split_ventricles and not load_spec("default").split_ventricles
+    adm = admissible_nodes(mesh, spec)
+    site_group, pmj_group = pmj_groups(mesh, spec, adm)
+    d_lv, d_rv = endo_distance_by_side(mesh)
+    np.testing.assert_array_equal(site_group, (d_rv[adm] < d_lv[adm]).astype(int))
+    share = np.mean(site_group == 0)
+    assert pmj_group.shape == (spec.n_pmj,) and set(pmj_group) == {0, 1}
+    assert abs(np.sum(pmj_group == 0) - share * spec.n_pmj) <= 0.5
+    _, pg = pmj_groups(mesh, spec.replace(n_pmj_lv=4), adm)
+    assert np.sum(pg == 0) == 4
+    _, pg = pmj_groups(mesh, spec.replace(n_pmj=2), adm)  # at least one per ventricle
+    assert list(pg) == [0, 1]
+    assert pmj_groups(mesh, spec.replace(split_ventricles=False), adm) == (None, None)
+    assert pmj_groups(mesh, load_spec("unconstrained"), np.arange(mesh.n_nodes)) == (None, None)
+
+
+def test_split_ventricles_in_the_fitted_model():
+    """A two-ventricle slab (LV endocardium at z = 0, RV at z = max): with the split, prior
+    draws of LV PMJs sit by the LV layer and of RV PMJs by the RV layer, and the log
+    density has a finite gradient."""
+    from numpyro.infer import Predictive
+
+    from cdt_bayes._inference import _setup
+    from cdt_bayes._model import cdt_model
+
+    mesh, el, _, tt, names, noisy, _ = synthetic()
+    surf = np.asarray(mesh.surface).copy()
+    surf[surf == 3] = 2  # the far face becomes an RV endocardium
+    mesh2 = mesh.replace(surface=surf)
+    spec = load_spec("split_ventricles", n_pmj=4, site_spacing_mm=4.0, kernel_mm=2.7)
+    prob = build_problem(mesh2, tt, names, noisy, el, spec, progress=False)
+    assert list(np.asarray(prob.data.pmj_group)) == [0, 0, 1, 1]
+    args = prob.model_args()[0]
+    z = np.asarray(Predictive(cdt_model, num_samples=300)(jax.random.key(0), *args)["pmj_xyz_mm"])
+    depth = float(np.asarray(mesh.nodes)[:, 2].max())
+    med = np.median(z[..., 2], 0)
+    assert np.all(med[:2] < 3.0) and np.all(med[2:] > depth - 3.0)
+    u0, pot, _, _ = _setup(prob, jax.random.key(1))
+    g = jax.grad(pot)(u0)
+    assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(g))
 
 
 def test_layer_prior_gradient_never_vanishes_far_away():
