@@ -1,10 +1,10 @@
-"""How well NUTS mixes on the PMJ position prior alone (no ECG), one layer mixture vs one per ventricle.
+"""NUTS on the PMJ position prior alone (no ECG): one mixture over both layers vs one per ventricle.
 
     python benchmarks/prior_mixing.py [--n-pmj 20] [--warmup 500] [--samples 500]
                                       [--out benchmarks/RESULTS.md]
 
 The prior of ``pmj_xyz_mm`` on the built-in heart (``LayerPrior``: Gaussian mixture, sd
-``prior_kernel_mm``, over the admissible nodes of the ``default`` spec). One NUTS chain
+``prior_kernel_mm``, over the admissible nodes, as in the ``default`` spec). One NUTS chain
 (NumPyro, adapted diagonal mass, max tree depth 8, seed 0) per variant:
 
 - ``both layers``: every PMJ has the mixture over the LV and RV layers (``default``);
@@ -59,19 +59,27 @@ def main(argv=None) -> int:
                 numpyro.sample("z", prior)
 
         mcmc = MCMC(
-            NUTS(model, max_tree_depth=8), num_warmup=args.warmup, num_samples=args.samples, progress_bar=False
+            NUTS(model, max_tree_depth=8),
+            num_warmup=args.warmup,
+            num_samples=args.samples,
+            progress_bar=False,
         )
         t0 = time.perf_counter()
         mcmc.run(jax.random.key(0), extra_fields=("num_steps",))
         z = np.asarray(mcmc.get_samples()["z"])
         seconds = time.perf_counter() - t0
         steps = np.asarray(mcmc.get_extra_fields()["num_steps"])
-        ess = np.array([float(az.ess(z[None, :, k, j])) for k in range(args.n_pmj) for j in range(3)])
-        n_lv = "" if groups[1] is None else f"{int(np.sum(groups[1] == 0))} LV + {int(np.sum(groups[1] == 1))} RV"
+        ess = np.array(
+            [float(az.ess(z[None, :, k, j])) for k in range(args.n_pmj) for j in range(3)]
+        )
+        if groups[1] is None:
+            pmjs = f"{args.n_pmj}, either layer"
+        else:
+            pmjs = f"{int(np.sum(groups[1] == 0))} LV + {int(np.sum(groups[1] == 1))} RV"
         rows.append(
             {
                 "variant": variant,
-                "pmjs": n_lv or f"{args.n_pmj}, either layer",
+                "pmjs": pmjs,
                 "seconds": round(seconds, 1),
                 "mean_steps": round(float(steps.mean()), 1),
                 "max_steps": int(steps.max()),
@@ -83,11 +91,13 @@ def main(argv=None) -> int:
     text = (
         f"\n## Prior mixing — {datetime.datetime.now().isoformat(timespec='minutes')}\n\n"
         f"Command: `python benchmarks/prior_mixing.py {' '.join(sys.argv[1:])}`  \n"
-        f"Machine: {_cpu()}, {os.cpu_count()} cores, device {jax.default_backend()}, jax {jax.__version__}  \n"
+        f"Machine: {_cpu()}, {os.cpu_count()} cores, device {jax.default_backend()}, "
+        f"jax {jax.__version__}  \n"
         f"Case: built-in default mesh ({mesh.n_nodes} nodes, {len(adm)} admissible nodes, "
-        f"{int(np.sum(site_group == 0))} nearer the LV), prior of `pmj_xyz_mm` only, n_pmj = {args.n_pmj}, "
-        f"kernel {spec.prior_kernel_mm:g} mm; one NUTS chain, {args.warmup} warm-up + {args.samples} draws, "
-        "diagonal mass, max tree depth 8; ESS = bulk ESS per PMJ coordinate.\n\n"
+        f"{int(np.sum(site_group == 0))} nearer the LV), prior of `pmj_xyz_mm` only, "
+        f"n_pmj = {args.n_pmj}, kernel {spec.prior_kernel_mm:g} mm; one NUTS chain, "
+        f"{args.warmup} warm-up + {args.samples} draws, diagonal mass, max tree depth 8; "
+        "ESS = bulk ESS per PMJ coordinate.\n\n"
         + markdown_table(rows, list(rows[0]))
     )
     emit(text, args.out)

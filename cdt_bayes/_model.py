@@ -406,8 +406,9 @@ class LayerPrior(dist.Distribution):
     sites. With groups (one per ventricle), PMJ ``k`` has the mixture over the sites of
     its own group ``pmj_group[k]`` only: an LV PMJ stays on the LV layer, an RV one on the
     RV layer. (One mixture over both layers is bimodal for every PMJ — the septum and the
-    cavities lie between the two layers — and NUTS on that prior alone gave an effective
-    sample size of 6 in 500 draws; one layer per PMJ gave 125–134.)
+    cavities lie between the two layers — and NUTS on that prior alone gave a smallest
+    effective sample size of 6 in 500 draws; one layer per PMJ gave 101:
+    ``benchmarks/prior_mixing.py``.)
 
     Parameters
     ----------
