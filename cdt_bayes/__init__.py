@@ -5,6 +5,7 @@ Pipeline (one module per stage, data flows one way):
 Units everywhere: mm, ms, mm/ms, mV. Importing does no work.
 """
 
+from ._coarsen import MeshMap, coarsen_mesh, inference_mesh
 from ._ecg import LeadField, ecg_time_grid, lead_matrix, load_lead_field, simulate_ecg
 from ._eikonal import (
     EikonalGeometry,
@@ -73,6 +74,7 @@ __all__ = [
     "LeadField",
     "Mesh",
     "MeshError",
+    "MeshMap",
     "ModelData",
     "ModelSpec",
     "SpecError",
@@ -82,6 +84,7 @@ __all__ = [
     "boundary_faces",
     "build_problem",
     "cdt_model",
+    "coarsen_mesh",
     "conduction_metric",
     "default_electrodes_table",
     "default_mesh",
@@ -94,6 +97,7 @@ __all__ = [
     "find_map",
     "fit",
     "generate_biventricular",
+    "inference_mesh",
     "laplace_optima",
     "lead_matrix",
     "list_specs",

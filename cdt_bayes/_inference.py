@@ -37,6 +37,7 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.infer import MCMC, NUTS, Predictive  # noqa: F401
 from numpyro.infer.util import constrain_fn, potential_energy
 
+from ._coarsen import MeshMap
 from ._errors import CdtBayesError
 from ._geometry import Mesh
 from ._model import (
@@ -99,6 +100,11 @@ class FitProblem:
     lead_names : tuple of str
     site_nodes : (n_sites,) int
     cv_fiber, cv_cross : float, mm/ms (base velocities of the dictionary)
+    display_mesh : Mesh or None
+        The user's mesh when the fit runs on a coarser inference mesh (``mesh``);
+        ``None`` when ``mesh`` is the user's mesh.
+    to_display : MeshMap or None
+        Interpolation from ``mesh``'s nodes to ``display_mesh``'s nodes.
     """
 
     mesh: Mesh
@@ -109,6 +115,17 @@ class FitProblem:
     site_nodes: np.ndarray
     cv_fiber: float
     cv_cross: float
+    display_mesh: Mesh | None = None
+    to_display: MeshMap | None = None
+
+    @property
+    def output_mesh(self) -> Mesh:
+        """The mesh outputs are written on: the user's mesh."""
+        return self.mesh if self.display_mesh is None else self.display_mesh
+
+    def to_output_nodes(self, values) -> np.ndarray:
+        """Nodal values ``(..., mesh.n_nodes)`` on :attr:`output_mesh`'s nodes."""
+        return np.asarray(values) if self.to_display is None else self.to_display.apply(values)
 
     def model_args(self):
         """Positional and keyword arguments of :func:`cdt_model`."""
@@ -127,6 +144,7 @@ def build_problem(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     name: str = "mesh",
+    inference_mesh="auto",
 ) -> FitProblem:
     """Assemble a :class:`FitProblem`: lead field, sites, distance dictionary, data scale.
 
@@ -143,8 +161,20 @@ def build_problem(
         User-supplied lead field (rows named by lead).
     cache_dir : path, optional
         Where the distance dictionary is cached (``dictionary-<hash>.npy``).
+    inference_mesh : "auto", "full" or float
+        Mesh the model runs on (:func:`cdt_bayes._coarsen.inference_mesh`): ``"auto"``
+        carves a 3.5 mm inference mesh from meshes of more than 12,000 nodes, ``"full"``
+        uses ``mesh`` itself, a number sets the spacing (mm). On a coarser inference mesh
+        the lead field is still computed on ``mesh`` and pulled back through the
+        interpolation, and posterior activation maps are interpolated back to ``mesh``
+        (:meth:`FitProblem.to_output_nodes`) for the outputs.
     """
+    from ._coarsen import inference_mesh as _inference_mesh
     from ._ecg import LeadField
+
+    display_mesh, (mesh, to_display) = mesh, _inference_mesh(mesh, inference_mesh, name)
+    if to_display is None:
+        display_mesh = None
 
     names = list(ecg_names)
     values = np.asarray(ecg_values, np.float64)
@@ -156,10 +186,20 @@ def build_problem(
         names, values = [names[i] for i in keep], values[keep]
     if lead_field is None:
         lead_field = LeadField.from_mesh(
-            mesh, electrodes, leads=names, cv_fiber=spec.cv_fiber, cv_cross=spec.cv_cross
+            mesh if display_mesh is None else display_mesh,
+            electrodes,
+            leads=names,
+            cv_fiber=spec.cv_fiber,
+            cv_cross=spec.cv_cross,
         )
     else:
         lead_field = lead_field.select(names)
+    if to_display is not None:
+        if lead_field.n_nodes != to_display.n_target:
+            raise CdtBayesError(
+                f"lead field has {lead_field.n_nodes} nodes, the mesh {to_display.n_target}"
+            )
+        lead_field = LeadField(lead_field.names, to_display.pull_back(lead_field.matrix))
     step = int(round(spec.dt_ms))
     t = np.asarray(ecg_time_ms, np.float64)[::step]
     values = values[:, ::step]
@@ -202,7 +242,16 @@ def build_problem(
     )
     data = data._replace(gain0=jnp.asarray(_gain_centre(data, spec, rms_obs), jnp.float32))
     return FitProblem(
-        mesh, spec, data, values.astype(np.float32), tuple(names), site_nodes, spec.cv_fiber, spec.cv_cross
+        mesh,
+        spec,
+        data,
+        values.astype(np.float32),
+        tuple(names),
+        site_nodes,
+        spec.cv_fiber,
+        spec.cv_cross,
+        display_mesh,
+        to_display,
     )
 
 

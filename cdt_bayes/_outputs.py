@@ -61,6 +61,8 @@ def to_inference_data(problem: FitProblem, result: FitResult, seed: int = 0, n_p
     if result.method == "map":  # a point estimate: no predictive noise draws
         pp = mu.copy()
     prior_act = prior_activation(problem, k2, n_prior)
+    # activation maps on the user's nodes (interpolated from a coarser inference mesh)
+    act, prior_act = problem.to_output_nodes(act), problem.to_output_nodes(prior_act)
     times = np.asarray(problem.data.times, np.float64)
     coords = {
         "pmj": np.arange(problem.spec.n_pmj),
@@ -96,6 +98,8 @@ def to_inference_data(problem: FitProblem, result: FitResult, seed: int = 0, n_p
     }
     if result.chain_method is not None:
         attrs["chain_method"] = result.chain_method
+    if problem.to_display is not None:
+        attrs["inference_mesh"] = json.dumps({"n_nodes": problem.mesh.n_nodes, "n_tets": problem.mesh.n_tets})
     if result.chain_optimum is not None:  # which MAP optimum (summary.json map_optima) each chain started in
         attrs["chain_optimum"] = json.dumps([int(i) for i in result.chain_optimum])
     data = az.from_dict(groups, coords=coords, dims=dims, attrs={"posterior": attrs})
@@ -124,6 +128,11 @@ def summarise(problem: FitProblem, result: FitResult, extras: dict) -> tuple[dic
         "spec": problem.spec.name,
         "n_nodes": int(act.shape[-1]),
         "n_sites": int(len(problem.site_nodes)),
+        "inference_mesh": {
+            "n_nodes": problem.mesh.n_nodes,
+            "n_tets": problem.mesh.n_tets,
+            "coarsened": problem.to_display is not None,
+        },
         "velocities_inferred": bool(problem.spec.infer_scale),
         "identifiability": {
             "mean_sd_ms": ident["mean_sd_ms"],
@@ -141,6 +150,12 @@ def summarise(problem: FitProblem, result: FitResult, extras: dict) -> tuple[dic
     }
     if result.optima:
         summary["map_optima"] = result.optima
+    if problem.to_display is not None:
+        summary["notes"].append(
+            f"the fit ran on an inference mesh of {problem.mesh.n_nodes} nodes carved from the "
+            f"{problem.output_mesh.n_nodes}-node mesh (--inference-mesh); activation maps are "
+            "interpolated back to the mesh's nodes"
+        )
     if result.method == "nuts":
         diag = S.diagnostics(act, extras["ecg_model"])
         div = int(np.sum(result.sample_stats["diverging"]))
@@ -220,7 +235,7 @@ def write_fit_outputs(out: Path, problem: FitProblem, result: FitResult, seed: i
     }
     if "rhat" in node:
         pd["rhat"] = node["rhat"]
-    save_mesh_vtu(out / "activation_summary.vtu", problem.mesh, {k: np.asarray(v, np.float64) for k, v in pd.items()})
+    save_mesh_vtu(out / "activation_summary.vtu", problem.output_mesh, {k: np.asarray(v, np.float64) for k, v in pd.items()})
     (out / "ecg_posterior.csv").write_text(_ecg_csv_text(problem, more["bands"]))
     modes = more["modes"]
     flat_mu = extras["ecg_model"].reshape((-1,) + problem.obs.shape)
@@ -274,7 +289,9 @@ def run_fit_cli(args) -> int:
     if args.leads:
         overrides["leads"] = tuple(args.leads)
     spec = load_spec(args.spec or "default", **overrides)
-    problem = build_problem_cli(mesh, t, names, vals, electrodes, spec, progress, args.mesh)
+    problem = build_problem_cli(
+        mesh, t, names, vals, electrodes, spec, progress, args.mesh, getattr(args, "inference_mesh", "auto")
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / ".checkpoint"
@@ -306,8 +323,19 @@ def run_fit_cli(args) -> int:
     return 0
 
 
-def build_problem_cli(mesh, t, names, vals, electrodes, spec, progress, name):
+def build_problem_cli(mesh, t, names, vals, electrodes, spec, progress, name, inference_mesh="auto"):
     """:func:`build_problem` with the user cache directory."""
     from ._inference import build_problem
 
-    return build_problem(mesh, t, names, vals, electrodes, spec, cache_dir=cache_dir(), progress=progress, name=name)
+    if progress and inference_mesh != "full":
+        from ._coarsen import AUTO_MAX_NODES
+
+        if inference_mesh != "auto" or mesh.n_nodes > AUTO_MAX_NODES:
+            print(f"{name}: {mesh.n_nodes} nodes; carving an inference mesh (--inference-mesh {inference_mesh})", file=sys.stderr)
+    problem = build_problem(
+        mesh, t, names, vals, electrodes, spec,
+        cache_dir=cache_dir(), progress=progress, name=name, inference_mesh=inference_mesh,
+    )
+    if progress and problem.to_display is not None:
+        print(f"{name}: inference mesh {problem.mesh.n_nodes} nodes, {problem.mesh.n_tets} tets", file=sys.stderr)
+    return problem

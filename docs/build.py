@@ -99,6 +99,7 @@ API_SECTIONS = [
     ("cdt_bayes._geometry", "Geometry"),
     ("cdt_bayes._io", "Files (input, output, validation)"),
     ("cdt_bayes._meshgen", "Built-in geometry"),
+    ("cdt_bayes._coarsen", "Inference mesh (coarser than the display mesh)"),
     ("cdt_bayes._fibres", "Fibres"),
     ("cdt_bayes._eikonal", "Eikonal activation"),
     ("cdt_bayes._ecg", "ECG"),
