@@ -126,7 +126,7 @@ class MeshMap:
         return out
 
 
-def _voxel_pick(x: np.ndarray, h: float, origin: np.ndarray) -> np.ndarray:
+def voxel_pick(x: np.ndarray, h: float, origin: np.ndarray) -> np.ndarray:
     """Per occupied voxel of size ``h``, the index of the point nearest the voxel's mean."""
     if x.shape[0] == 0:
         return np.zeros(0, np.int64)
@@ -179,8 +179,8 @@ def coarsen_mesh(
     origin = nodes.min(0)
     b_idx = np.nonzero(on_boundary)[0]
     i_idx = np.nonzero(~on_boundary)[0]
-    pick_b = b_idx[_voxel_pick(nodes[b_idx], spacing_mm, origin)]
-    pick_i = i_idx[_voxel_pick(nodes[i_idx], spacing_mm, origin + 0.5 * spacing_mm)]
+    pick_b = b_idx[voxel_pick(nodes[b_idx], spacing_mm, origin)]
+    pick_i = i_idx[voxel_pick(nodes[i_idx], spacing_mm, origin + 0.5 * spacing_mm)]
     if pick_b.size and pick_i.size:
         d, _ = cKDTree(nodes[pick_b]).query(nodes[pick_i])
         pick_i = pick_i[d >= 0.5 * spacing_mm]

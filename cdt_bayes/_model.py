@@ -326,20 +326,11 @@ def select_sites(mesh: Mesh, spec: ModelSpec, name: str = "mesh") -> np.ndarray:
     ``constrain_to_layer`` is false), thinned on a ``site_spacing_mm`` voxel grid: per
     occupied voxel the node closest to the voxel's mean. Deterministic.
     """
+    from ._coarsen import voxel_pick
+
     cand = admissible_nodes(mesh, spec, name)
     x = np.asarray(mesh.nodes)[cand]
-    key = np.floor((x - x.min(0)) / spec.site_spacing_mm).astype(np.int64)
-    _, inv = np.unique(key, axis=0, return_inverse=True)
-    inv = inv.ravel()
-    n_vox = inv.max() + 1
-    centre = np.zeros((n_vox, 3))
-    np.add.at(centre, inv, x)
-    centre /= np.bincount(inv, minlength=n_vox)[:, None]
-    d = np.linalg.norm(x - centre[inv], axis=1)
-    order = np.lexsort((d, inv))
-    first = np.ones(order.size, bool)
-    first[1:] = inv[order][1:] != inv[order][:-1]
-    return np.sort(cand[order[first]])
+    return cand[voxel_pick(x, spec.site_spacing_mm, x.min(0))]
 
 
 def distance_dictionary(
