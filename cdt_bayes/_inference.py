@@ -172,9 +172,9 @@ def build_problem(
     from ._coarsen import inference_mesh as _inference_mesh
     from ._ecg import LeadField
 
-    display_mesh, (mesh, to_display) = mesh, _inference_mesh(mesh, inference_mesh, name)
-    if to_display is None:
-        display_mesh = None
+    given = mesh
+    mesh, to_display = _inference_mesh(given, inference_mesh, name)
+    display_mesh = None if to_display is None else given
 
     names = list(ecg_names)
     values = np.asarray(ecg_values, np.float64)
@@ -186,7 +186,7 @@ def build_problem(
         names, values = [names[i] for i in keep], values[keep]
     if lead_field is None:
         lead_field = LeadField.from_mesh(
-            mesh if display_mesh is None else display_mesh,
+            given,
             electrodes,
             leads=names,
             cv_fiber=spec.cv_fiber,

@@ -327,15 +327,14 @@ def build_problem_cli(mesh, t, names, vals, electrodes, spec, progress, name, in
     """:func:`build_problem` with the user cache directory."""
     from ._inference import build_problem
 
-    if progress and inference_mesh != "full":
-        from ._coarsen import AUTO_MAX_NODES
-
-        if inference_mesh != "auto" or mesh.n_nodes > AUTO_MAX_NODES:
-            print(f"{name}: {mesh.n_nodes} nodes; carving an inference mesh (--inference-mesh {inference_mesh})", file=sys.stderr)
     problem = build_problem(
         mesh, t, names, vals, electrodes, spec,
         cache_dir=cache_dir(), progress=progress, name=name, inference_mesh=inference_mesh,
     )
     if progress and problem.to_display is not None:
-        print(f"{name}: inference mesh {problem.mesh.n_nodes} nodes, {problem.mesh.n_tets} tets", file=sys.stderr)
+        print(
+            f"{name}: {mesh.n_nodes} nodes; fitted on an inference mesh of {problem.mesh.n_nodes} "
+            f"nodes, {problem.mesh.n_tets} tets (--inference-mesh {inference_mesh})",
+            file=sys.stderr,
+        )
     return problem
