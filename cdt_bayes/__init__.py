@@ -54,6 +54,7 @@ from ._io import (
 from ._meshgen import default_electrodes_table, default_mesh, generate_biventricular
 from ._model import LayerPrior, ModelData, ModelSpec, cdt_model, dictionary_activation, list_specs, load_spec
 from ._outputs import to_inference_data, write_fit_outputs
+from ._qrs import QrsWindow, crop_ecg, qrs_window
 
 __version__ = "0.1.0"
 
@@ -77,6 +78,7 @@ __all__ = [
     "MeshMap",
     "ModelData",
     "ModelSpec",
+    "QrsWindow",
     "SpecError",
     "activation_times",
     "admissible_sites",
@@ -85,6 +87,7 @@ __all__ = [
     "build_problem",
     "cdt_model",
     "coarsen_mesh",
+    "crop_ecg",
     "conduction_metric",
     "default_electrodes_table",
     "default_mesh",
@@ -106,6 +109,7 @@ __all__ = [
     "load_spec",
     "locate_points",
     "posterior_activation",
+    "qrs_window",
     "read_ecg_csv",
     "read_electrodes_csv",
     "read_pmj_csv",

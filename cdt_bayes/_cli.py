@@ -109,6 +109,21 @@ def _warnings_to_stderr():
 # --------------------------------------------------------------------------------------
 
 
+class _QrsAction(argparse.Action):
+    """``--qrs auto``, ``--qrs whole`` or ``--qrs START_MS END_MS`` (two numbers)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) == 1 and values[0].lower() in ("auto", "whole"):
+            setattr(namespace, self.dest, values[0].lower())
+            return
+        if len(values) != 2:
+            parser.error(f"{option_string}: give 'auto', 'whole' or START_MS END_MS, got {' '.join(values)}")
+        try:
+            setattr(namespace, self.dest, [_number(v) for v in values])
+        except argparse.ArgumentTypeError as e:
+            parser.error(f"{option_string}: {e}")
+
+
 def _number(s: str) -> float:
     try:
         v = float(s)
@@ -399,11 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--qrs",
-        nargs=2,
-        type=_number,
-        metavar=("START_MS", "END_MS"),
-        default=None,
-        help="QRS window to fit, ms from the start of the ECG (default: whole ECG)",
+        nargs="+",
+        action=_QrsAction,
+        metavar="WINDOW",
+        default="auto",
+        help="part of the ECG to fit: 'auto' (default: the QRS complex found in the ECG; a "
+        "recording with an ST-T segment, a long lead-in or several beats is cut to one QRS), "
+        "'whole', or START_MS END_MS (ms from the start of the ECG)",
     )
     p.add_argument(
         "--resume", action="store_true", help="continue from the checkpoint in DIR when one exists"
@@ -1017,7 +1034,7 @@ def _dispatch(args: argparse.Namespace, module: str, function: str) -> int:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    if args.qrs is not None and not args.qrs[1] > args.qrs[0]:
+    if not isinstance(args.qrs, str) and not args.qrs[1] > args.qrs[0]:
         raise CdtBayesError(
             f"--qrs: END_MS must be greater than START_MS, got {args.qrs[0]:g} {args.qrs[1]:g}"
         )

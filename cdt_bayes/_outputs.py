@@ -214,10 +214,14 @@ def _ecg_csv_text(problem: FitProblem, bands: dict) -> str:
     return buf.getvalue()
 
 
-def write_fit_outputs(out: Path, problem: FitProblem, result: FitResult, seed: int = 0) -> dict:
+def write_fit_outputs(
+    out: Path, problem: FitProblem, result: FitResult, seed: int = 0, ecg_window: dict | None = None
+) -> dict:
     """Write posterior.nc, activation_summary.vtu, ecg_posterior.csv, summary.json, modes.npz.
 
     ``out`` should be a staging directory (see :func:`cdt_bayes._io.atomic_output_dir`).
+    ``ecg_window`` (which part of the recording was fitted, in its own times, ms) goes into
+    ``summary.json`` as ``ecg_window``, with a note when the recording was cut.
     """
     from ._io import save_mesh_vtu
 
@@ -249,24 +253,57 @@ def write_fit_outputs(out: Path, problem: FitProblem, result: FitResult, seed: i
         leads=np.asarray(problem.lead_names),
         n_effective=modes["n_effective"],
     )
+    if ecg_window is not None:
+        summary["ecg_window"] = {k: v for k, v in ecg_window.items() if k != "message"}
+        cut = ecg_window.get("cut", ecg_window.get("source") == "given")
+        if cut or ecg_window.get("offset_ms", 0.0) != 0.0:
+            summary["notes"].append(
+                f"The fitted ECG is {ecg_window['start_ms']:g}-{ecg_window['end_ms']:g} ms of the recording "
+                f"({'found automatically' if ecg_window['source'] == 'auto' else 'as given by --qrs'}); "
+                "its times, and those of ecg_posterior.csv, start at 0 at the window's start."
+            )
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary
 
 
-def _read_ecg(path: str, qrs):
+def _read_ecg(path: str, qrs="auto"):
+    """Read the ECG of ``cdt-bayes fit`` and keep the window to fit.
+
+    ``qrs``: ``"auto"`` (:func:`cdt_bayes._qrs.qrs_window`), ``"whole"``/``None`` (all of
+    it) or ``(start_ms, end_ms)``. Returns ``time_ms, lead_names, values, window``, where
+    ``window`` (for ``summary.json``) says which part of the recording was kept, in its own
+    times; the returned times start at 0 at the window's start.
+    """
     from ._io import read_ecg_csv, read_wfdb_ecg
+    from ._qrs import crop_ecg, qrs_window
 
     p = Path(path)
     if p.suffix.lower() in (".hea", ".dat") or (not p.exists() and p.with_suffix(".hea").exists()):
-        t, names, vals = read_wfdb_ecg(str(p.with_suffix("")), qrs=qrs)
-        return t, list(names), vals
-    t, names, vals = read_ecg_csv(path)
-    if qrs is not None:
-        keep = (t >= qrs[0]) & (t <= qrs[1])
-        if keep.sum() < 10:
-            raise CdtBayesError(f"--qrs {qrs[0]:g} {qrs[1]:g}: window holds {int(keep.sum())} samples of {path}")
-        t, vals = t[keep] - t[keep][0], vals[:, keep]
-    return t, list(names), vals
+        given = qrs is not None and not isinstance(qrs, str)
+        t, names, vals = read_wfdb_ecg(str(p.with_suffix("")), qrs=qrs if given else None)
+        if given:  # the reader cut and re-timed the window already
+            window = {"source": "given", "start_ms": float(qrs[0]), "end_ms": float(qrs[1])}
+            return t, list(names), vals, window | {"offset_ms": float(qrs[0])}
+    else:
+        t, names, vals = read_ecg_csv(path)
+    names = list(names)
+    window = {"source": "whole", "start_ms": float(t[0]), "end_ms": float(t[-1])}
+    if qrs == "auto":
+        found = qrs_window(t, vals, name=str(path))
+        window = {
+            "source": "auto",
+            "start_ms": found.start_ms,
+            "end_ms": found.end_ms,
+            "qrs_onset_ms": found.onset_ms,
+            "qrs_end_ms": found.end_qrs_ms,
+            "n_beats": found.n_beats,
+            "cut": found.cut,
+            "message": found.reason,
+        }
+    elif qrs is not None and not isinstance(qrs, str):
+        window = {"source": "given", "start_ms": float(qrs[0]), "end_ms": float(qrs[1])}
+    t, vals, offset = crop_ecg(t, vals, window["start_ms"], window["end_ms"], name=f"{path} (QRS window)")
+    return t, names, vals, window | {"offset_ms": offset}
 
 
 def run_fit_cli(args) -> int:
@@ -276,7 +313,9 @@ def run_fit_cli(args) -> int:
 
     progress = not getattr(args, "no_progress", False)
     mesh = load_mesh(args.mesh, units=args.units, endo_lv=args.endo_lv, endo_rv=args.endo_rv)
-    t, names, vals = _read_ecg(args.ecg, args.qrs)
+    t, names, vals, window = _read_ecg(args.ecg, getattr(args, "qrs", "auto"))
+    if progress and window["source"] == "auto":
+        print(window["message"] + " (--qrs START END or --qrs whole to choose)", file=sys.stderr)
     electrodes = read_electrodes_csv(args.electrodes)
     overrides = {"n_pmj": args.n_pmj}
     if args.cv_fiber is not None or args.cv_cross is not None:
@@ -312,7 +351,7 @@ def run_fit_cli(args) -> int:
         progress=progress,
     )
     with atomic_output_dir(out) as stage:
-        summary = write_fit_outputs(Path(stage), problem, result, args.seed)
+        summary = write_fit_outputs(Path(stage), problem, result, args.seed, ecg_window=window)
     shutil.rmtree(ckpt, ignore_errors=True)
     msg = f"fit ({summary['method']}, {summary['seconds']:.0f} s): ECG correlation {summary['ecg_correlation']:.3f}"
     if "max_rhat" in summary:

@@ -98,6 +98,7 @@ FOREIGN_OPTIONS = {"--group", "--headless", "--no-sandbox", "--print-to-pdf"}
 API_SECTIONS = [
     ("cdt_bayes._geometry", "Geometry"),
     ("cdt_bayes._io", "Files (input, output, validation)"),
+    ("cdt_bayes._qrs", "The QRS window of an input ECG"),
     ("cdt_bayes._meshgen", "Built-in geometry"),
     ("cdt_bayes._coarsen", "Inference mesh (coarser than the display mesh)"),
     ("cdt_bayes._fibres", "Fibres"),

@@ -542,6 +542,12 @@ def test_fit_report_demo_dispatch(monkeypatch, tmp_path, capsys):
     rc, _, err = run(capsys, "report", tmp_path / "fitdir", "--pdf", tmp_path / "r.pdf")
     assert rc == 0, err
     assert seen["report_command"].out == str(tmp_path / "fitdir" / "report.html")
+    for given, parsed in ((["whole"], "whole"), (["AUTO"], "auto"), ([], "auto")):
+        qrs = ["--qrs", *given] if given else []
+        seen.pop("fit_command")
+        rc, _, err = run(capsys, "fit", "--mesh", "m.vtu", "--ecg", "e.csv", "--electrodes", "el.csv", "--out", tmp_path / "f2", *qrs)
+        assert rc == 0, err
+        assert seen["fit_command"].qrs == parsed
     rc, _, err = run(capsys, "demo", "--out", tmp_path / "demo", "--fast")
     assert rc == 0, err
     assert seen["demo_command"].fast is True
@@ -561,6 +567,9 @@ def test_fit_bad_options(tmp_path, capsys):
     ]
     rc, _, err = run(capsys, *base, "--qrs", "100", "20")
     assert_one_line_error(rc, err, "--qrs")
+    for bad in (["1", "2", "3"], ["nope"], ["10", "x"]):
+        rc, _, err = run(capsys, *base, "--qrs", *bad)
+        assert_one_line_error(rc, err, "--qrs")
     rc, _, err = run(capsys, *base, "--chains", "0")
     assert_one_line_error(rc, err, "--chains")
     rc, _, err = run(capsys, *base, "--method", "gibbs")

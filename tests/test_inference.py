@@ -309,7 +309,16 @@ def test_cli_fit_end_to_end(tmp_path):
 
     mesh, el, t_act, tt, names, noisy, _ = synthetic()
     save_mesh_vtu(tmp_path / "m.vtu", mesh)
-    write_ecg_csv(tmp_path / "ecg.csv", tt, names, noisy)
+    # a recording as another simulator might write it: 100 ms of baseline before the QRS,
+    # then an ST segment and a broad T wave (--qrs auto must cut both off)
+    n_q = tt.size
+    rng = np.random.default_rng(5)
+    amp = np.abs(noisy).max()
+    rec = 0.02 * amp * rng.normal(size=(len(names), 100 + n_q + 300))
+    rec[:, 100 : 100 + n_q] = noisy
+    after = np.arange(300.0)
+    rec[:, 100 + n_q :] += 0.25 * amp * np.sign(noisy[:, -40:].mean(1))[:, None] * np.exp(-0.5 * ((after - 180) / 40) ** 2)
+    write_ecg_csv(tmp_path / "ecg.csv", np.arange(float(rec.shape[1])), names, rec)
     (tmp_path / "el.csv").write_text("name,x_mm,y_mm,z_mm\n" + "".join(f"{k},{v[0]},{v[1]},{v[2]}\n" for k, v in el.items()))
     spec = tmp_path / "small.toml"
     spec.write_text('extends = "default"\n[pmj]\nsite_spacing_mm = 4.0\nkernel_mm = 2.5\nlayer_depth_mm = 3.5\n')
@@ -319,6 +328,12 @@ def test_cli_fit_end_to_end(tmp_path):
     j = json.loads((tmp_path / "fit" / "summary.json").read_text())
     assert j["method"] == "map" and j["n_pmj"] == 2 and j["ecg_correlation"] > 0.9
     assert not (tmp_path / "fit" / ".checkpoint").exists()
+    w = j["ecg_window"]
+    assert w["source"] == "auto" and w["cut"] and 80 <= w["start_ms"] <= 100 <= w["qrs_onset_ms"]
+    assert 100 + tt[-1] - 15 <= w["end_ms"] <= 100 + tt[-1] + 60 and w["offset_ms"] == w["start_ms"]
+    assert any("found automatically" in n for n in j["notes"])
+    fitted = np.loadtxt(tmp_path / "fit" / "ecg_posterior.csv", delimiter=",", skiprows=1, usecols=0)
+    assert fitted.min() == 0.0 and fitted.max() == w["end_ms"] - w["start_ms"]
 
 
 def test_budget_planning_keeps_proportions():

@@ -236,6 +236,27 @@ def test_wfdb_ptb():
         read_wfdb_ecg(rec, qrs=(0.0, 1e9))
 
 
+def test_wfdb_record_of_several_beats_fits_one_qrs(tmp_path):
+    """``fit``'s default ``--qrs auto`` on a multi-beat WFDB record (500 Hz) keeps one QRS."""
+    pytest.importorskip("wfdb")
+    import wfdb
+    from test_qrs import beat
+
+    from cdt_bayes._outputs import _read_ecg
+
+    _, one = beat(n_leads=12, n_t=800, qrs_on=100.0)
+    sig = np.tile(one, 6)[:, ::2].T  # 6 beats of 800 ms at 500 Hz, mV
+    names = [x.lower() for x in STANDARD_LEADS]
+    wfdb.wrsamp("rec", fs=500, units=["mV"] * 12, sig_name=names, p_signal=sig, fmt=["16"] * 12, write_dir=str(tmp_path))
+    t, leads, v, window = _read_ecg(str(tmp_path / "rec.hea"), "auto")
+    assert leads == list(STANDARD_LEADS) and window["source"] == "auto" and window["n_beats"] == 6
+    assert window["cut"] and t[0] == 0.0 and np.allclose(np.diff(t), 1.0)
+    k = round(window["start_ms"] / 800)
+    assert 800 * k + 80 <= window["start_ms"] <= 800 * k + 105 and 40 < t[-1] < 260
+    t, _, v, window = _read_ecg(str(tmp_path / "rec"), (900.0, 1000.0))
+    assert window["source"] == "given" and t[-1] == 100.0 and v.shape == (12, 101)
+
+
 def test_wfdb_missing(tmp_path):
     pytest.importorskip("wfdb")
     with pytest.raises(InputFileError, match="file not found"):
