@@ -214,6 +214,9 @@ def _ecg_csv_text(problem: FitProblem, bands: dict) -> str:
     return buf.getvalue()
 
 
+_WINDOW_SOURCE = {"auto": "found automatically", "given": "as given by --qrs", "whole": "the whole recording"}
+
+
 def write_fit_outputs(
     out: Path, problem: FitProblem, result: FitResult, seed: int = 0, ecg_window: dict | None = None
 ) -> dict:
@@ -259,7 +262,7 @@ def write_fit_outputs(
         if cut or ecg_window.get("offset_ms", 0.0) != 0.0:
             summary["notes"].append(
                 f"The fitted ECG is {ecg_window['start_ms']:g}-{ecg_window['end_ms']:g} ms of the recording "
-                f"({'found automatically' if ecg_window['source'] == 'auto' else 'as given by --qrs'}); "
+                f"({_WINDOW_SOURCE.get(ecg_window['source'], ecg_window['source'])}); "
                 "its times, and those of ecg_posterior.csv, start at 0 at the window's start."
             )
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
@@ -278,16 +281,17 @@ def _read_ecg(path: str, qrs="auto"):
     from ._qrs import crop_ecg, qrs_window
 
     p = Path(path)
+    given = None
+    if qrs is not None and not isinstance(qrs, str):
+        given = {"source": "given", "start_ms": float(qrs[0]), "end_ms": float(qrs[1])}
     if p.suffix.lower() in (".hea", ".dat") or (not p.exists() and p.with_suffix(".hea").exists()):
-        given = qrs is not None and not isinstance(qrs, str)
         t, names, vals = read_wfdb_ecg(str(p.with_suffix("")), qrs=qrs if given else None)
         if given:  # the reader cut and re-timed the window already
-            window = {"source": "given", "start_ms": float(qrs[0]), "end_ms": float(qrs[1])}
-            return t, list(names), vals, window | {"offset_ms": float(qrs[0])}
+            return t, list(names), vals, given | {"offset_ms": given["start_ms"]}
     else:
         t, names, vals = read_ecg_csv(path)
     names = list(names)
-    window = {"source": "whole", "start_ms": float(t[0]), "end_ms": float(t[-1])}
+    window = given or {"source": "whole", "start_ms": float(t[0]), "end_ms": float(t[-1])}
     if qrs == "auto":
         found = qrs_window(t, vals, name=str(path))
         window = {
@@ -300,8 +304,6 @@ def _read_ecg(path: str, qrs="auto"):
             "cut": found.cut,
             "message": found.reason,
         }
-    elif qrs is not None and not isinstance(qrs, str):
-        window = {"source": "given", "start_ms": float(qrs[0]), "end_ms": float(qrs[1])}
     t, vals, offset = crop_ecg(t, vals, window["start_ms"], window["end_ms"], name=f"{path} (QRS window)")
     return t, names, vals, window | {"offset_ms": offset}
 

@@ -198,7 +198,7 @@ def qrs_window(time_ms: np.ndarray, values: np.ndarray, name: str = "ECG") -> Qr
     i1 = min(n - 1, end + int(MARGIN_END_MS)) if tail >= MIN_TAIL_MS else n - 1
     if len(beats) > 1:  # never reach into the neighbouring beats
         if beat > 0:
-            i0 = max(i0, beats[beat - 1][1] + 1, on - int(MAX_LEAD_IN_MS))
+            i0 = max(i0, beats[beat - 1][1] + 1)
         if beat < len(beats) - 1:
             i1 = min(i1, beats[beat + 1][0] - 1)
     cut = i0 > 0 or i1 < n - 1
