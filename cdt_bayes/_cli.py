@@ -423,6 +423,14 @@ def build_parser() -> argparse.ArgumentParser:
         "'whole', or START_MS END_MS (ms from the start of the ECG)",
     )
     p.add_argument(
+        "--baseline",
+        choices=("auto", "none", "offset", "linear"),
+        default=None,
+        help="per-lead ECG baseline fitted alongside (integrated out): 'linear' a level and a ramp, "
+        "'offset' a level, 'none'; 'auto' (the default spec's) fits 'linear' only when the window "
+        "starts or ends off zero (default: baseline of the spec)",
+    )
+    p.add_argument(
         "--resume", action="store_true", help="continue from the checkpoint in DIR when one exists"
     )
     p.add_argument(

@@ -45,6 +45,9 @@ from ._model import (
     ModelSpec,
     admissible_nodes,
     ar1_noise,
+    baseline_basis,
+    baseline_conditional,
+    baseline_sd,
     cdt_model,
     dictionary_activation,
     dictionary_key,
@@ -105,6 +108,10 @@ class FitProblem:
         ``None`` when ``mesh`` is the user's mesh.
     to_display : MeshMap or None
         Interpolation from ``mesh``'s nodes to ``display_mesh``'s nodes.
+    baseline : dict or None
+        How the spec's ``baseline`` was settled (``summary.json`` ``ecg_baseline``):
+        ``term``, ``source`` ("spec" or "auto") and, for "auto", the window's levels
+        (:func:`cdt_bayes._qrs.window_levels`).
     """
 
     mesh: Mesh
@@ -117,6 +124,7 @@ class FitProblem:
     cv_cross: float
     display_mesh: Mesh | None = None
     to_display: MeshMap | None = None
+    baseline: dict | None = None
 
     @property
     def output_mesh(self) -> Mesh:
@@ -156,7 +164,10 @@ def build_problem(
     ecg_values : (n_leads, n_t) mV
     electrodes : dict name -> (3,) mm, or None when ``lead_field`` is given
     spec : ModelSpec
-        ``spec.leads`` selects leads (``None``: all observed).
+        ``spec.leads`` selects leads (``None``: all observed). ``baseline = "auto"`` is
+        settled here from the ECG (:func:`cdt_bayes._qrs.window_levels`): ``"linear"`` when a
+        lead starts or ends off zero, else ``"none"`` (always ``"none"`` with the Student-t
+        likelihood); ``FitProblem.spec`` holds the result.
     lead_field : LeadField, optional
         User-supplied lead field (rows named by lead).
     cache_dir : path, optional
@@ -200,6 +211,7 @@ def build_problem(
                 f"lead field has {lead_field.n_nodes} nodes, the mesh {to_display.n_target}"
             )
         lead_field = LeadField(lead_field.names, to_display.pull_back(lead_field.matrix))
+    spec, baseline = _settle_baseline(spec, values, names)
     step = int(round(spec.dt_ms))
     t = np.asarray(ecg_time_ms, np.float64)[::step]
     values = values[:, ::step]
@@ -252,7 +264,28 @@ def build_problem(
         spec.cv_cross,
         display_mesh,
         to_display,
+        baseline,
     )
+
+
+def _settle_baseline(spec: ModelSpec, values: np.ndarray, names: list[str]) -> tuple[ModelSpec, dict]:
+    """Resolve ``baseline = "auto"`` from the ECG window; return the spec and a record of it."""
+    from ._qrs import window_levels
+
+    if spec.baseline != "auto":
+        return spec, {"term": spec.baseline, "source": "spec"}
+    lv = window_levels(values)
+    term = "linear" if lv["off_zero"] and spec.likelihood != "student_t" else "none"
+    rec = {
+        "term": term,
+        "source": "auto",
+        "off_zero": lv["off_zero"],
+        "max_level_rel": round(lv["max_rel"], 4),
+        "threshold_mV": round(lv["threshold_mV"], 5),
+        "start_mV": {n: round(float(v), 4) for n, v in zip(names, lv["start_mV"])},
+        "end_mV": {n: round(float(v), 4) for n, v in zip(names, lv["end_mV"])},
+    }
+    return spec.replace(baseline=term), rec
 
 
 def _gain_centre(data: ModelData, spec: ModelSpec, rms_obs: float, n: int = 64) -> float:
@@ -1122,23 +1155,63 @@ def posterior_activation(problem: FitProblem, draws: dict, exact_min: bool = Fal
     return out.reshape(c, d, -1)
 
 
-def posterior_ecg(problem: FitProblem, draws: dict, activation: np.ndarray, key, batch: int = 64):
-    """Noise-free model ECGs and posterior-predictive ECGs, each ``(chain, draw, lead, time)``."""
+def posterior_ecg(
+    problem: FitProblem,
+    draws: dict,
+    activation: np.ndarray,
+    key,
+    batch: int = 64,
+    *,
+    point: bool = False,
+    return_baseline: bool = False,
+):
+    """Noise-free model ECGs and posterior-predictive ECGs, each ``(chain, draw, lead, time)``.
+
+    With a baseline term in the spec (``[ecg] baseline``), the model ECG of each draw
+    includes a per-lead baseline drawn from its conditional posterior given that draw
+    (:func:`cdt_bayes._model.baseline_conditional`): the likelihood integrates the baseline
+    out, so this is its exact posterior, and the bands sit on the observed levels.
+    ``point=True`` (a MAP estimate) takes the conditional mean instead of a draw.
+    ``return_baseline=True`` also returns the coefficients ``(chain, draw, lead, p)`` mV
+    (``None`` without a baseline term).
+    """
     data, spec = problem.data, problem.spec
     c, d = activation.shape[:2]
     act = activation.reshape(c * d, -1)
     g = np.asarray(draws["gain"]).reshape(-1)
     sh = np.asarray(draws["shift_ms"]).reshape(-1) if "shift_ms" in draws else np.zeros(c * d)
     sig = np.asarray(draws["sigma_mV"]).reshape(-1)
+    rho = np.asarray(draws["noise_rho"]).reshape(-1) if spec.likelihood == "ar1" else np.zeros(c * d)
     mu = _batched(lambda a, g, s: _ecg_batch(a, g, s, data), [act, g, sh], tuple(problem.obs.shape), batch)
-    noise = np.asarray(jax.random.normal(key, mu.shape))
+    k_noise, k_base = jax.random.split(key)
+    coef = None
+    if spec.baseline != "none":
+        coef, level = _baseline_draws(k_base, problem, mu, sig, rho, point)
+        mu = mu + level
+        coef = coef.reshape((c, d) + coef.shape[1:])
+    noise = np.asarray(jax.random.normal(k_noise, mu.shape))
     if spec.likelihood == "student_t":
-        noise = np.asarray(jax.random.t(key, spec.student_nu, mu.shape))
+        noise = np.asarray(jax.random.t(k_noise, spec.student_nu, mu.shape))
     elif spec.likelihood == "ar1":
-        rho = np.asarray(draws["noise_rho"]).reshape(-1)
-        noise = np.asarray(ar1_noise(key, mu.shape, jnp.asarray(rho)))
+        noise = np.asarray(ar1_noise(k_noise, mu.shape, jnp.asarray(rho)))
     pp = mu + sig[:, None, None] * noise
-    return mu.reshape((c, d) + mu.shape[1:]), pp.reshape((c, d) + pp.shape[1:])
+    out = mu.reshape((c, d) + mu.shape[1:]), pp.reshape((c, d) + pp.shape[1:])
+    return (*out, coef) if return_baseline else out
+
+
+def _baseline_draws(key, problem: FitProblem, mu: np.ndarray, sigma: np.ndarray, rho: np.ndarray, point: bool):
+    """Baseline coefficients ``(n, lead, p)`` and levels ``(n, lead, time)`` mV given ``obs − mu``."""
+    basis = baseline_basis(problem.data.times, problem.spec.baseline)
+    tau = baseline_sd(problem.data, problem.spec)
+
+    def one(k, m, s, r):
+        mean, chol = baseline_conditional(jnp.asarray(problem.obs) - m, s, tau, basis, r)
+        b = mean if point else mean + jax.random.normal(k, mean.shape, mean.dtype) @ chol.T
+        return b, b @ basis.T
+
+    keys = jax.random.split(key, mu.shape[0])
+    b, level = jax.jit(jax.vmap(one))(keys, jnp.asarray(mu), jnp.asarray(sigma), jnp.asarray(rho, mu.dtype))
+    return np.asarray(b), np.asarray(level)
 
 
 def fit_command(args) -> int:

@@ -90,6 +90,11 @@ __all__ = [
     "cdt_model",
     "AR1Normal",
     "ar1_noise",
+    "BaselineNormal",
+    "baseline_basis",
+    "baseline_conditional",
+    "BASELINE_TERMS",
+    "baseline_sd",
 ]
 
 
@@ -110,7 +115,14 @@ _SCHEMA: dict[str, dict[str, type | tuple]] = {
         "n_pmj_lv": int,
     },
     "conduction": {"cv_fiber": float, "cv_cross": float, "infer_scale": bool, "scale_log_sd": float},
-    "ecg": {"leads": (str, list), "dt_ms": float, "softmin_tau_ms": float, "cone_smoothing_ms": float},
+    "ecg": {
+        "leads": (str, list),
+        "dt_ms": float,
+        "softmin_tau_ms": float,
+        "cone_smoothing_ms": float,
+        "baseline": str,
+        "baseline_rel_sd": float,
+    },
     "noise": {"ar1_rho_max": float},
     "priors": {"gain_log_sd": float, "shift_sd_ms": float, "noise_rel_scale": float},
 }
@@ -146,6 +158,8 @@ class ModelSpec:
     interpolation: str = "local_linear"
     split_ventricles: bool = False
     n_pmj_lv: int = -1
+    baseline: str = "none"
+    baseline_rel_sd: float = 0.2
     source: str = ""
 
     def replace(self, **kw) -> ModelSpec:
@@ -226,7 +240,7 @@ def load_spec(name_or_path: str | Path = "default", **overrides) -> ModelSpec:
                 raise SpecError(f"{src}: [{sec}] {key} = {val!r} has the wrong type")
             flat[key] = val
     # keys with a default (added after specs were shipped)
-    optional = {"source", "ar1_rho_max", "interpolation", "split_ventricles", "n_pmj_lv"}
+    optional = {"source", "ar1_rho_max", "interpolation", "split_ventricles", "n_pmj_lv", "baseline", "baseline_rel_sd"}
     missing = [f.name for f in dataclasses.fields(ModelSpec) if f.name not in flat and f.name not in optional]
     missing = [m for m in missing if m not in overrides]
     if missing:
@@ -249,6 +263,10 @@ def _validate(spec: ModelSpec, src: str) -> ModelSpec:
         bad("likelihood", "must be 'normal', 'student_t' or 'ar1'")
     if spec.interpolation not in ("local_linear", "local_constant"):
         bad("interpolation", "must be 'local_linear' or 'local_constant'")
+    if spec.baseline not in ("auto", *BASELINE_TERMS):
+        bad("baseline", f"must be one of {', '.join(repr(b) for b in ('auto', *BASELINE_TERMS))}")
+    if spec.baseline not in ("none", "auto") and spec.likelihood == "student_t":
+        bad("baseline", "a baseline term needs likelihood 'normal' or 'ar1' (it is integrated out in closed form)")
     if not (0.0 < spec.ar1_rho_max < 1.0):
         bad("ar1_rho_max", "must be in (0, 1)")
     for key in (
@@ -265,6 +283,7 @@ def _validate(spec: ModelSpec, src: str) -> ModelSpec:
         "softmin_tau_ms",
         "gain_log_sd",
         "noise_rel_scale",
+        "baseline_rel_sd",
     ):
         v = getattr(spec, key)
         if not (math.isfinite(v) and v > 0):
@@ -514,6 +533,126 @@ def ar1_noise(key, shape, rho, scale=1.0):
     _, rest = jax.lax.scan(step, first, jnp.moveaxis(xi[..., 1:], -1, 0))
     out = jnp.concatenate([first[..., None], jnp.moveaxis(rest, 0, -1)], axis=-1)
     return jnp.asarray(scale)[..., None, None] * out if jnp.ndim(scale) else scale * out
+
+
+#: Baseline terms per lead and their number of basis functions.
+BASELINE_TERMS = {"none": 0, "offset": 1, "linear": 2}
+
+
+def baseline_basis(times, kind: str):
+    """Basis of the per-lead baseline over the fitted window, ``(n_times, p)``.
+
+    Columns are orthogonal with RMS 1 over ``times``: a constant (``"offset"``), and for
+    ``"linear"`` also a centred ramp (values ``±√3`` at the window ends). A coefficient
+    ``b ~ N(0, τ²)`` on each column is then a level (or a ramp) of RMS ``τ`` mV.
+    """
+    p = BASELINE_TERMS[kind]
+    t = jnp.asarray(times)
+    cols = [jnp.ones_like(t)]
+    if p > 1:
+        c = t - jnp.mean(t)
+        cols.append(c / jnp.maximum(jnp.sqrt(jnp.mean(c**2)), 1e-12))
+    return jnp.stack(cols[:p], -1)
+
+
+def _whiten(e, rho):
+    """AR(1) innovations along the last axis: i.i.d. with variance ``σ²(1 − ρ²)``."""
+    first = e[..., :1] * jnp.sqrt(1.0 - rho**2)
+    return jnp.concatenate([first, e[..., 1:] - rho * e[..., :-1]], -1)
+
+
+def _baseline_terms(resid, scale, tau, basis, rho):
+    """Whitened residual ``u``, projections ``Gᵀu`` and the ``p × p`` posterior precision ``M``."""
+    v = scale**2 * (1.0 - rho**2)
+    u = _whiten(resid, rho)
+    g = _whiten(basis.T, rho).T  # (n_times, p)
+    gtu = jnp.einsum("tp,...t->...p", g, u)
+    m = jnp.eye(basis.shape[1], dtype=u.dtype) / tau**2 + g.T @ g / v
+    return u, gtu, m, v
+
+
+def baseline_conditional(resid, scale, tau, basis, rho=0.0):
+    """Posterior of the baseline coefficients given a residual (Gaussian, per lead).
+
+    Parameters
+    ----------
+    resid : (..., n_leads, n_times) mV, ``observed − model ECG`` (without baseline)
+    scale : () noise sd ``σ``, mV;  tau : () prior sd of each coefficient, mV
+    basis : (n_times, p) from :func:`baseline_basis`;  rho : () AR(1) correlation (0: white)
+
+    Returns
+    -------
+    mean : (..., n_leads, p) mV;  chol : (p, p) Cholesky factor of the covariance (shared by leads)
+    """
+    _, gtu, m, v = _baseline_terms(resid, scale, tau, basis, rho)
+    cov = jnp.linalg.inv(m)
+    return jnp.einsum("pq,...q->...p", cov, gtu) / v, jnp.linalg.cholesky(cov)
+
+
+class BaselineNormal(dist.Distribution):
+    """Gaussian (white or AR(1)) noise plus a per-lead baseline, the baseline integrated out.
+
+    ``x = loc + B b + e`` per lead, with ``b ~ N(0, τ² I_p)`` on the columns of ``B``
+    (:func:`baseline_basis`: a level, or a level and a ramp) and ``e`` white (``ρ = 0``) or
+    AR(1) noise of marginal sd ``σ``. ``log_prob`` is the exact marginal
+    ``N(loc, σ² R_ρ + τ² B Bᵀ)``, by the Woodbury identity in the AR(1)-whitened space
+    (``p ≤ 2``, so it costs a few passes over the residual): clinical QRS windows start off
+    zero and end on a displaced ST level, and without this term the PMJs would bend the
+    activation to mimic an offset. The coefficients' conditional posterior is
+    :func:`baseline_conditional`.
+
+    Parameters
+    ----------
+    loc : (..., n_leads, n_times) mean without baseline, mV
+    scale : () noise sd ``σ``, mV
+    tau : () prior sd of each baseline coefficient, mV
+    basis : (n_times, p)
+    rho : () lag-one noise correlation, ``0 ≤ ρ < 1`` (0: white)
+
+    Event shape ``(n_leads, n_times)``.
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive, "tau": constraints.positive}
+    support = constraints.independent(constraints.real, 2)
+    reparametrized_params = ["loc", "scale", "tau"]
+
+    def __init__(self, loc, scale, tau, basis, rho=0.0, *, validate_args=None):
+        self.loc = jnp.asarray(loc)
+        self.scale = jnp.asarray(scale)
+        self.tau = jnp.asarray(tau)
+        self.basis = jnp.asarray(basis, self.loc.dtype)
+        self.rho = jnp.asarray(rho)
+        batch = self.loc.shape[:-2]
+        super().__init__(batch_shape=batch, event_shape=self.loc.shape[-2:], validate_args=validate_args)
+
+    def sample(self, key, sample_shape=()):
+        """Draws of shape ``sample_shape + batch_shape + (n_leads, n_times)``."""
+        k1, k2 = jax.random.split(key)
+        shape = sample_shape + self.batch_shape + self.event_shape
+        b = self.tau * jax.random.normal(k1, shape[:-1] + (self.basis.shape[1],), self.loc.dtype)
+        noise = ar1_noise(k2, shape, self.rho, self.scale)
+        return self.loc + jnp.einsum("tp,...p->...t", self.basis, b) + noise
+
+    def log_prob(self, value):
+        """Exact marginal log density, shape ``batch_shape``."""
+        u, gtu, m, v = _baseline_terms(value - self.loc, self.scale, self.tau, self.basis, self.rho)
+        n_lead, n_t = self.event_shape
+        p = self.basis.shape[1]
+        chol = jnp.linalg.cholesky(m)
+        w = jax.scipy.linalg.solve_triangular(chol, jnp.moveaxis(gtu, -1, 0), lower=True)  # (p, ..., n_leads)
+        quad = jnp.sum(u**2, (-2, -1)) / v - jnp.sum(w**2, (0, -1)) / v**2
+        logdet = n_t * jnp.log(v) + p * jnp.log(self.tau**2) + 2.0 * jnp.sum(jnp.log(jnp.diag(chol)))
+        log_jac = 0.5 * n_lead * jnp.log(1.0 - self.rho**2)
+        return -0.5 * quad - 0.5 * n_lead * (logdet + n_t * jnp.log(2 * jnp.pi)) + log_jac
+
+
+def baseline_sd(data: ModelData, spec: ModelSpec):
+    """Prior sd ``τ`` (mV) of each baseline coefficient: ``baseline_rel_sd × RMS(observed ECG)``.
+
+    ``data.noise_scale`` is ``noise_rel_scale × RMS(observed ECG)``, so both priors share
+    the data scale.
+    """
+    return data.noise_scale * (spec.baseline_rel_sd / spec.noise_rel_scale)
 
 
 class ModelData(NamedTuple):
@@ -773,10 +912,18 @@ def cdt_model(data: ModelData, spec: ModelSpec, obs=None, temper=1.0):
     )
     numpyro.deterministic("activation_ms", act)
     mu = numpyro.deterministic("ecg_model_mV", model_ecg(act, gain, shift, data))
-    if spec.likelihood == "student_t":
+    rho = numpyro.sample("noise_rho", dist.Uniform(0.0, spec.ar1_rho_max)) if spec.likelihood == "ar1" else None
+    if spec.baseline == "auto":
+        raise SpecError(
+            "baseline = 'auto' is decided from the observed ECG: build the problem with build_problem() "
+            "and use problem.spec (or set baseline to 'none', 'offset' or 'linear')"
+        )
+    if spec.baseline != "none":
+        basis = baseline_basis(data.times, spec.baseline)
+        like = BaselineNormal(mu, sigma, baseline_sd(data, spec), basis, 0.0 if rho is None else rho)
+    elif spec.likelihood == "student_t":
         like = dist.StudentT(spec.student_nu, mu, sigma).to_event(2)
     elif spec.likelihood == "ar1":
-        rho = numpyro.sample("noise_rho", dist.Uniform(0.0, spec.ar1_rho_max))
         like = AR1Normal(mu, sigma, rho)
     else:
         like = dist.Normal(mu, sigma).to_event(2)

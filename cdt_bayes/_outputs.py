@@ -57,7 +57,8 @@ def to_inference_data(problem: FitProblem, result: FitResult, seed: int = 0, n_p
     key = jax.random.key(seed + 7919)
     k1, k2 = jax.random.split(key)
     act = posterior_activation(problem, result.draws)
-    mu, pp = posterior_ecg(problem, result.draws, act, k1)
+    point = result.method == "map"
+    mu, pp, baseline = posterior_ecg(problem, result.draws, act, k1, point=point, return_baseline=True)
     if result.method == "map":  # a point estimate: no predictive noise draws
         pp = mu.copy()
     prior_act = prior_activation(problem, k2, n_prior)
@@ -77,10 +78,14 @@ def to_inference_data(problem: FitProblem, result: FitResult, seed: int = 0, n_p
         "activation_ms": ["node"],
         "ecg_model_mV": ["lead", "time_ms"],
         "ecg": ["lead", "time_ms"],
+        "ecg_baseline_mV": ["lead", "baseline_term"],
     }
     post = {k: np.asarray(v) for k, v in result.draws.items()}
     post["activation_ms"] = act
     post["ecg_model_mV"] = mu
+    if baseline is not None:  # coefficients of the per-lead baseline (level, ramp), mV
+        post["ecg_baseline_mV"] = baseline
+        coords["baseline_term"] = ["level", "ramp"][: baseline.shape[-1]]
     groups = {
         "posterior": post,
         "posterior_predictive": {"ecg": pp},
@@ -150,6 +155,19 @@ def summarise(problem: FitProblem, result: FitResult, extras: dict) -> tuple[dic
     }
     if result.optima:
         summary["map_optima"] = result.optima
+    if problem.baseline is not None:
+        summary["ecg_baseline"] = problem.baseline
+        if problem.baseline["source"] == "auto" and problem.baseline["off_zero"]:
+            pct = 100 * problem.baseline["max_level_rel"]
+            summary["notes"].append(
+                f"the ECG window starts or ends off zero (a lead's level up to {pct:.0f} % of the peak): "
+                + (
+                    "a per-lead baseline (level and ramp) was fitted and integrated out (ecg_baseline; "
+                    "set [ecg] baseline in the spec to override)"
+                    if problem.baseline["term"] != "none"
+                    else "the Student-t likelihood has no baseline term, so the levels are fitted by the model ECG"
+                )
+            )
     if problem.to_display is not None:
         summary["notes"].append(
             f"the fit ran on an inference mesh of {problem.mesh.n_nodes} nodes carved from the "
@@ -329,6 +347,8 @@ def run_fit_cli(args) -> int:
         )
     if args.leads:
         overrides["leads"] = tuple(args.leads)
+    if getattr(args, "baseline", None):
+        overrides["baseline"] = args.baseline
     spec = load_spec(args.spec or "default", **overrides)
     problem = build_problem_cli(
         mesh, t, names, vals, electrodes, spec, progress, args.mesh, getattr(args, "inference_mesh", "auto")

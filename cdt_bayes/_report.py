@@ -737,6 +737,17 @@ def _case_section(fit: FitData, summary_text: str) -> _Section:
         if vi and "cv_scale" in pm:
             txt += f" (estimated scale x{_num(pm['cv_scale']):.2f} of the reference velocities)"
         rows.append(("conduction velocities", txt))
+    bl = s.get("ecg_baseline") or {}
+    if bl.get("term"):
+        what = {
+            "none": "none (the model ECG starts and ends at zero)",
+            "offset": "a level per lead",
+            "linear": "a level and a ramp per lead",
+        }.get(bl["term"], str(bl["term"]))
+        if bl.get("source") == "auto":
+            why = "it starts or ends off zero" if bl.get("off_zero") else "it starts and ends near zero"
+            what += f" (chosen from the ECG: {why})"
+        rows.append(("ECG baseline fitted", what))
     rows.append(("run time", _fmt_seconds(_num(s.get("seconds")))))
     unit = {"cv_scale": "", "gain": "", "shift_ms": " ms", "sigma_mV": " mV"}
     if pm:

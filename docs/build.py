@@ -472,6 +472,13 @@ def render_priors(cdt) -> str:
             '`"ar1"`: Gaussian AR(1) in time per lead, marginal sd sigma, correlation noise_rho^lag)',
             f"compared every `dt_ms` = {s['dt_ms']:g} ms",
         ],
+        [
+            f"per-lead baseline (`baseline` = \"{s['baseline']}\"; integrated out, not a sample site), mV",
+            f"Normal(0, `baseline_rel_sd` = {s['baseline_rel_sd']:g} × RMS(observed ECG)) on each "
+            "coefficient of a level (`offset`) or a level and a ramp (`linear`)",
+            "the ECG's own zero: clinical windows start on the PR segment and end on the ST "
+            "segment; `auto` fits level and ramp only when the window starts or ends off zero",
+        ],
     ]
     head = (
         f"Generated from `models/default.toml` (`n_pmj` = {s['n_pmj']}, "

@@ -548,6 +548,11 @@ def test_fit_report_demo_dispatch(monkeypatch, tmp_path, capsys):
         rc, _, err = run(capsys, "fit", "--mesh", "m.vtu", "--ecg", "e.csv", "--electrodes", "el.csv", "--out", tmp_path / "f2", *qrs)
         assert rc == 0, err
         assert seen["fit_command"].qrs == parsed
+        assert seen["fit_command"].baseline is None  # the spec decides
+    seen.pop("fit_command")
+    rc, _, err = run(capsys, "fit", "--mesh", "m.vtu", "--ecg", "e.csv", "--electrodes", "el.csv", "--out", tmp_path / "f3", "--baseline", "linear")
+    assert rc == 0, err
+    assert seen["fit_command"].baseline == "linear"
     rc, _, err = run(capsys, "demo", "--out", tmp_path / "demo", "--fast")
     assert rc == 0, err
     assert seen["demo_command"].fast is True
@@ -576,6 +581,8 @@ def test_fit_bad_options(tmp_path, capsys):
     assert_one_line_error(rc, err, "--method")
     rc, _, err = run(capsys, *base, "--time-budget", "-5")
     assert_one_line_error(rc, err, "--time-budget")
+    rc, _, err = run(capsys, *base, "--baseline", "quadratic")
+    assert_one_line_error(rc, err, "--baseline")
 
 
 def test_missing_module_is_not_available_yet(tmp_path, capsys):

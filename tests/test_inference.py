@@ -303,6 +303,39 @@ def test_deterministic_sites_match_the_batched_postprocessing(case):
     np.testing.assert_allclose(pred["activation_ms"], prior["activation_ms"], rtol=1e-5, atol=1e-3)
 
 
+def test_baseline_term_absorbs_lead_offsets():
+    """An ECG whose leads start off zero (levels and ramps, as clinical QRS windows do): with
+    the ``linear`` baseline the MAP fits it to the noise level, the posterior ECG carries the
+    levels, and the fitted coefficients recover them; without the term the fit is far worse."""
+    from cdt_bayes._model import baseline_basis
+    from cdt_bayes._outputs import to_inference_data
+
+    mesh, el, t_act, tt, names, noisy, clean = synthetic()
+    rng = np.random.default_rng(5)
+    amp = np.abs(clean).max()
+    coef = 0.15 * amp * rng.normal(size=(len(names), 2))
+    basis = np.asarray(baseline_basis(jnp.asarray(tt, jnp.float32), "linear"))
+    obs = noisy + coef @ basis.T
+    noise_sd = 0.02 * amp
+    resid = {}
+    for kind in ("none", "linear"):
+        spec = load_spec("default", n_pmj=2, site_spacing_mm=3.0, kernel_mm=2.0, layer_depth_mm=3.5, baseline=kind)
+        prob = build_problem(mesh, tt, names, obs, el, spec, progress=False)
+        res = fit(prob, "map", n_starts=4, map_steps=300, progress=False)
+        idata, ex = to_inference_data(prob, res, n_prior=4)
+        mu = ex["ecg_model"][0, 0]
+        resid[kind] = float(np.sqrt(np.mean((prob.obs - mu) ** 2)))
+        if kind == "linear":
+            fitted = np.asarray(idata.posterior["ecg_baseline_mV"])[0, 0]
+            assert fitted.shape == (len(names), 2)
+            np.testing.assert_allclose(fitted, coef, atol=0.1 * np.abs(coef).max())
+            assert float(np.nanmean(ecg_correlation(clean.astype(np.float32), mu - fitted @ basis.T))) > 0.97
+        else:
+            assert "ecg_baseline_mV" not in idata.posterior
+    assert resid["linear"] < 1.5 * noise_sd, resid
+    assert resid["none"] > 2.0 * resid["linear"], resid
+
+
 def test_cli_fit_end_to_end(tmp_path):
     from cdt_bayes._cli import main
     from cdt_bayes._io import save_mesh_vtu, write_ecg_csv
@@ -332,6 +365,7 @@ def test_cli_fit_end_to_end(tmp_path):
     assert w["source"] == "auto" and w["cut"] and 80 <= w["start_ms"] <= 100 <= w["qrs_onset_ms"]
     assert 100 + tt[-1] - 15 <= w["end_ms"] <= 100 + tt[-1] + 60 and w["offset_ms"] == w["start_ms"]
     assert any("found automatically" in n for n in j["notes"])
+    assert j["ecg_baseline"]["source"] == "auto" and j["ecg_baseline"]["term"] == "none", j["ecg_baseline"]
     fitted = np.loadtxt(tmp_path / "fit" / "ecg_posterior.csv", delimiter=",", skiprows=1, usecols=0)
     assert fitted.min() == 0.0 and fitted.max() == w["end_ms"] - w["start_ms"]
 
@@ -383,3 +417,27 @@ def test_chain_starts_follow_laplace_weights(case):
     assert len({first[c].tobytes() for c in range(3)}) == 3
     di = fit(prob, "nuts", chain_starts="distinct", **kw)
     assert [o["chains"] for o in di.optima] == [1, 1, 1, 0]
+
+
+def test_auto_baseline_is_settled_from_the_ecg():
+    """``baseline = "auto"`` (the default) becomes ``none`` for a simulated QRS, ``linear`` for
+    one shifted off zero, ``none`` with the Student-t likelihood; the choice is recorded."""
+    mesh, el, t_act, tt, names, noisy, clean = synthetic()
+    kw = dict(n_pmj=2, site_spacing_mm=3.0, kernel_mm=2.0, layer_depth_mm=3.5)
+    spec = load_spec("default", **kw)
+    assert spec.baseline == "auto"
+    shifted = noisy + 0.15 * np.abs(clean).max() * np.linspace(-1, 1, len(names))[:, None]
+    for ecg, spec_, term in [(noisy, spec, "none"), (shifted, spec, "linear"), (shifted, spec.replace(likelihood="student_t"), "none")]:
+        prob = build_problem(mesh, tt, names, ecg, el, spec_, progress=False)
+        assert prob.spec.baseline == term and prob.baseline["term"] == term and prob.baseline["source"] == "auto"
+        assert prob.baseline["off_zero"] == (ecg is shifted)
+        assert set(prob.baseline["start_mV"]) == set(names)
+    given = build_problem(mesh, tt, names, shifted, el, spec.replace(baseline="offset"), progress=False)
+    assert given.baseline == {"term": "offset", "source": "spec"}
+    from numpyro.infer import Predictive
+
+    from cdt_bayes._errors import SpecError
+    from cdt_bayes._model import cdt_model
+
+    with pytest.raises(SpecError, match="build_problem"):
+        Predictive(cdt_model, num_samples=1)(jax.random.key(0), given.data, spec)

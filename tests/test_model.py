@@ -35,6 +35,9 @@ def test_shipped_specs_load():
         ("[model]\nn_pmj = 'many'\n", "wrong type"),
         ("[model\n", "not valid TOML"),
         ("[pmj]\nn_pmj_lv = 99\n", "n_pmj_lv"),
+        ("[ecg]\nbaseline = 'quadratic'\n", "baseline"),
+        ("[ecg]\nbaseline_rel_sd = 0.0\n", "baseline_rel_sd"),
+        ("[model]\nlikelihood = 'student_t'\n[ecg]\nbaseline = 'offset'\n", "needs likelihood"),
     ],
 )
 def test_spec_errors_name_file_and_key(tmp_path, text, match):
@@ -283,6 +286,54 @@ def test_ar1_samples_have_the_stated_sd_and_correlation():
     r1 = np.mean(x[..., 1:] * x[..., :-1]) / np.mean(x**2)
     np.testing.assert_allclose(r1, 0.9, atol=0.01)
     np.testing.assert_allclose(x[..., 0].std(), 0.5, rtol=0.05)  # stationary from the first sample
+
+
+@pytest.mark.parametrize("kind", ["offset", "linear"])
+@pytest.mark.parametrize("rho", [0.0, 0.7])
+def test_baseline_likelihood_matches_dense_gaussian(kind, rho):
+    """The baseline integrated out in closed form equals the multivariate normal with
+    covariance σ² ρ^|i−j| + τ² B Bᵀ; its conditional posterior equals the dense GLS one."""
+    from scipy.stats import multivariate_normal
+
+    from cdt_bayes._model import AR1Normal, BaselineNormal, baseline_basis, baseline_conditional
+
+    rng = np.random.default_rng(3)
+    n_lead, n_t, sigma, tau = 3, 40, 0.3, 0.8
+    times = 10.0 + 2.0 * np.arange(n_t)
+    with jax.enable_x64(True):
+        basis = np.asarray(baseline_basis(jnp.asarray(times), kind))
+        np.testing.assert_allclose(basis.T @ basis / n_t, np.eye(basis.shape[1]), atol=1e-12)  # RMS 1, orthogonal
+        lag = np.abs(np.subtract.outer(np.arange(n_t), np.arange(n_t)))
+        noise_cov = sigma**2 * rho**lag
+        loc = rng.normal(size=(n_lead, n_t))
+        x = loc + rng.normal(scale=0.4, size=(n_lead, n_t)) + rng.normal(size=(n_lead, 1))
+        dense = sum(multivariate_normal(loc[i], noise_cov + tau**2 * basis @ basis.T).logpdf(x[i]) for i in range(n_lead))
+        d = BaselineNormal(jnp.asarray(loc), jnp.float64(sigma), jnp.float64(tau), basis, jnp.float64(rho))
+        np.testing.assert_allclose(float(d.log_prob(jnp.asarray(x))), dense, rtol=1e-10)
+        prec = np.linalg.inv(noise_cov)
+        post_prec = np.eye(basis.shape[1]) / tau**2 + basis.T @ prec @ basis
+        mean_ref = np.linalg.solve(post_prec, basis.T @ prec @ (x - loc).T).T
+        mean, chol = baseline_conditional(jnp.asarray(x - loc), sigma, tau, basis, rho)
+        np.testing.assert_allclose(np.asarray(mean), mean_ref, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(chol @ chol.T), np.linalg.inv(post_prec), rtol=1e-9, atol=1e-15)
+        # negative control: without the baseline term the density of data with offsets is far lower
+        plain = float(AR1Normal(jnp.asarray(loc), jnp.float64(sigma), jnp.float64(rho)).log_prob(jnp.asarray(x)))
+    assert plain < dense - 10.0
+
+
+def test_baseline_samples_have_the_marginal_covariance():
+    from cdt_bayes._model import BaselineNormal, baseline_basis
+
+    n_t, sigma, tau, rho = 30, 0.2, 0.5, 0.3
+    basis = np.asarray(baseline_basis(jnp.arange(n_t, dtype=jnp.float32), "linear"))
+    x = np.asarray(BaselineNormal(jnp.zeros((4, n_t)), sigma, tau, basis, rho).sample(jax.random.key(0), (5000,)))
+    assert x.shape == (5000, 4, n_t)
+    lag = np.abs(np.subtract.outer(np.arange(n_t), np.arange(n_t)))
+    cov = sigma**2 * rho**lag + tau**2 * basis @ basis.T
+    emp = np.einsum("nlt,nls->ts", x, x) / (x.shape[0] * x.shape[1])
+    # Monte Carlo sd of a covariance entry ≈ sqrt((c_tt c_ss + c_ts²) / 20000) ≈ 0.007 mV²
+    np.testing.assert_allclose(emp, cov, atol=0.04)
+    assert np.abs(emp - sigma**2 * rho**lag).max() > 0.3  # the baseline part is there
 
 
 def test_ar1_spec_samples_noise_rho():

@@ -87,3 +87,32 @@ def test_crop_restarts_time_at_the_window():
     np.testing.assert_array_equal(vc[0], np.arange(120.0, 151.0))
     with pytest.raises(InputFileError, match="holds 3 samples"):
         crop_ecg(t, v, 120.0, 122.0, "e.csv")
+
+
+@pytest.mark.parametrize("noise_rel", [0.0, 0.02, 0.05])
+def test_a_simulated_qrs_starts_and_ends_on_zero(noise_rel):
+    """The full eikonal's ECG (zero before the first PMJ fires and after the last node
+    activates) is not flagged, with white noise up to 5 % of the peak."""
+    from cdt_bayes._qrs import window_levels
+
+    *_, clean = synthetic(noise_rel=0.0)
+    ecg = clean + noise_rel * np.abs(clean).max() * np.random.default_rng(4).normal(size=clean.shape)
+    lv = window_levels(ecg)
+    assert not lv["off_zero"], lv
+    assert lv["start_mV"].shape == (ecg.shape[0],)
+
+
+@pytest.mark.parametrize("where", ["start", "end"])
+def test_a_window_off_zero_is_flagged(where):
+    """A level of 10 % of the peak on one lead, at either end (a PR or ST level), is flagged."""
+    from cdt_bayes._qrs import window_levels
+
+    *_, clean = synthetic(noise_rel=0.0)
+    ecg = clean + 0.02 * np.abs(clean).max() * np.random.default_rng(4).normal(size=clean.shape)
+    n = ecg.shape[1]
+    ramp = np.linspace(1.0, 0.0, n) if where == "start" else np.linspace(0.0, 1.0, n)
+    ecg[2] += 0.1 * np.abs(clean).max() * ramp
+    lv = window_levels(ecg)
+    assert lv["off_zero"] and 0.07 < lv["max_rel"] < 0.15, lv
+    level = lv["start_mV"] if where == "start" else lv["end_mV"]
+    assert np.argmax(np.abs(level)) == 2
