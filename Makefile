@@ -42,7 +42,7 @@ clean:
 	rm -rf $(VENV) demo_out docs/_build
 
 lint: install
-	$(PY) -m pip install -q ruff && $(PY) -m ruff check cdt_bayes tests benchmarks docs
+	$(PY) -m ruff check cdt_bayes tests benchmarks docs
 
 format: install
-	$(PY) -m pip install -q ruff && $(PY) -m ruff format cdt_bayes tests benchmarks docs
+	$(PY) -m ruff format cdt_bayes tests benchmarks docs

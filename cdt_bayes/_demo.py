@@ -44,7 +44,7 @@ def demo_pmjs(mesh, n_lv: int = 5, n_rv: int = 3, seed: int = 0):
 def run_demo(out: str | Path = "demo_out", fast: bool = False, seed: int = 0, progress: bool = True) -> dict:
     """Run the demo and return the paths of its outputs."""
     from ._ecg import LeadField, ecg_time_grid, simulate_ecg
-    from ._eikonal import eikonal_geometry, solve_eikonal, eikonal_params
+    from ._eikonal import eikonal_geometry, eikonal_params, solve_eikonal
     from ._inference import build_problem, fit
     from ._io import atomic_output_dir, save_mesh_vtu, write_ecg_csv
     from ._meshgen import default_electrodes_table, default_mesh, write_electrodes_csv
@@ -53,7 +53,11 @@ def run_demo(out: str | Path = "demo_out", fast: bool = False, seed: int = 0, pr
 
     out = Path(out)
     t_start = time.time()
-    say = (lambda msg: print(f"[demo {time.time() - t_start:5.0f} s] {msg}", file=sys.stderr)) if progress else (lambda m: None)
+
+    def say(msg: str) -> None:
+        if progress:
+            print(f"[demo {time.time() - t_start:5.0f} s] {msg}", file=sys.stderr)
+
     paths: dict[str, Path] = {}
 
     say("1/5 geometry: built-in biventricular mesh")

@@ -198,7 +198,7 @@ def conduction_metric(fibres, cv_fiber, cv_cross, cv_scale=1.0):
 
 
 def _safe_sqrt(q):
-    """sqrt with a finite (zero) gradient at q <= 0."""
+    """Sqrt with a finite (zero) gradient at q <= 0."""
     pos = q > 0
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, q, 1.0)), 0.0)
 
@@ -351,8 +351,10 @@ def _locate(geom: EikonalGeometry, pts):
 
 
 def _sources(geom, params, metric, radius=0.0):
-    """Initial values ``t_k + ‖x − p_k‖_M`` (metric of the PMJ's tet) at the nodes of
-    each PMJ's tet, and, when ``radius > 0``, at every node within ``radius`` mm of it.
+    """Initial values ``t_k + ‖x − p_k‖_M`` near each PMJ (metric of the PMJ's tet).
+
+    They are set at the nodes of each PMJ's tet, and, when ``radius > 0``, at every node
+    within ``radius`` mm of it.
 
     Returns node indices (n_pmj, n_src), values (n_pmj, n_src), tets (n_pmj,).
     """

@@ -1065,7 +1065,11 @@ def fit(
         ]
         used = sorted(set(idx))
         if chain_starts == "evidence":
-            gap = [float(log_ev[used[0]] - log_ev[i]) for i in range(len(losses)) if i not in used and np.isfinite(log_ev[i])]
+            gap = [
+                float(log_ev[used[0]] - log_ev[i])
+                for i in range(len(losses))
+                if i not in used and np.isfinite(log_ev[i])
+            ]
             notes.append(
                 f"MAP found {len(losses)} optima; chains start in {len(used)} of them in proportion to their "
                 f"Laplace evidence (weights {', '.join(f'{weights[i]:.3g}' for i in used)}), dispersed by draws "

@@ -20,7 +20,6 @@ import jax
 import numpy as np
 
 from . import _summaries as S
-from ._errors import CdtBayesError
 from ._inference import FitProblem, FitResult, fit, posterior_activation, posterior_ecg
 
 __all__ = ["to_inference_data", "write_fit_outputs", "prior_activation", "run_fit_cli", "cache_dir"]
@@ -227,7 +226,7 @@ def _ecg_csv_text(problem: FitProblem, bands: dict) -> str:
         for ti in range(t.size):
             w.writerow(
                 [f"{t[ti]:g}", ld]
-                + [f"{v:.6g}" for v in (problem.obs[li, ti], bands["mean"][li, ti], bands["q05"][li, ti], bands["q95"][li, ti])]
+                + [f"{v[li, ti]:.6g}" for v in (problem.obs, bands["mean"], bands["q05"], bands["q95"])]
             )
     return buf.getvalue()
 
@@ -306,7 +305,8 @@ def write_fit_outputs(
     }
     if "rhat" in node:
         pd["rhat"] = node["rhat"]
-    save_mesh_vtu(out / "activation_summary.vtu", problem.output_mesh, {k: np.asarray(v, np.float64) for k, v in pd.items()})
+    pd = {k: np.asarray(v, np.float64) for k, v in pd.items()}
+    save_mesh_vtu(out / "activation_summary.vtu", problem.output_mesh, pd)
     (out / "ecg_posterior.csv").write_text(_ecg_csv_text(problem, more["bands"]))
     modes = more["modes"]
     flat_mu = extras["ecg_model"].reshape((-1,) + problem.obs.shape)
@@ -423,7 +423,10 @@ def run_fit_cli(args) -> int:
     shutil.rmtree(ckpt, ignore_errors=True)
     msg = f"fit ({summary['method']}, {summary['seconds']:.0f} s): ECG correlation {summary['ecg_correlation']:.3f}"
     if "max_rhat" in summary:
-        msg += f", max R-hat {summary['max_rhat']:.3f}, min bulk ESS {summary['min_ess_bulk']:.0f}, divergences {summary['divergences']}"
+        msg += (
+            f", max R-hat {summary['max_rhat']:.3f}, min bulk ESS {summary['min_ess_bulk']:.0f}, "
+            f"divergences {summary['divergences']}"
+        )
     print(msg, file=sys.stderr)
     for f in ("posterior.nc", "activation_summary.vtu", "ecg_posterior.csv", "summary.json"):
         print(out / f)

@@ -12,7 +12,7 @@ from cdt_bayes._eikonal import activation_times, eikonal_geometry
 from cdt_bayes._geometry import Mesh
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def slab(n=(8, 8, 3), size=(24.0, 24.0, 9.0)):
     """Slab mesh (mm) with LV endocardium at z = 0, epicardium at z = max; fibres along x."""
     nodes, tets = box_mesh(n, size)

@@ -182,7 +182,7 @@ def test_gradients_match_finite_differences_x64():
     import sys
 
     here = os.path.dirname(__file__)
-    code = "import sys; sys.path.insert(0, %r); import test_eikonal as T; T._fd_check_x64()" % here
+    code = f"import sys; sys.path.insert(0, {here!r}); import test_eikonal as T; T._fd_check_x64()"
     env = {**os.environ, "JAX_ENABLE_X64": "1"}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -16,7 +16,6 @@ from cdt_bayes._model import dictionary_activation, load_spec
 from cdt_bayes._outputs import write_fit_outputs
 from cdt_bayes._summaries import ecg_correlation
 
-
 _EVENTS: list | None = None
 
 
