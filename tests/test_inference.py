@@ -333,6 +333,16 @@ def test_baseline_term_absorbs_lead_offsets():
             assert "ecg_baseline_mV" not in idata.posterior
     assert resid["linear"] < 1.5 * noise_sd, resid
     assert resid["none"] > 2.0 * resid["linear"], resid
+    # with AR(1) noise the posterior ECG draws the baseline given each draw's noise_rho
+    spec = load_spec("ar1", n_pmj=2, site_spacing_mm=3.0, kernel_mm=2.0, layer_depth_mm=3.5, baseline="linear")
+    prob = build_problem(mesh, tt, names, obs, el, spec, progress=False)
+    res = fit(prob, "svi", num_samples=20, svi_steps=100, n_starts=2, map_steps=150, progress=False)
+    idata, ex = to_inference_data(prob, res, n_prior=4)
+    assert ex["ecg_model"].shape == (1, 20) + prob.obs.shape and np.all(np.isfinite(ex["ecg_pp"]))
+    fitted = np.asarray(idata.posterior["ecg_baseline_mV"]).mean((0, 1))
+    assert np.corrcoef(fitted.ravel(), coef.ravel())[0, 1] > 0.95
+    mu = ex["ecg_model"].mean((0, 1))
+    assert np.sqrt(np.mean((prob.obs - mu) ** 2)) < 2.0 * noise_sd
 
 
 def test_cli_fit_end_to_end(tmp_path):
