@@ -52,14 +52,26 @@ from ._io import (
     write_ecg_csv,
 )
 from ._meshgen import default_electrodes_table, default_mesh, generate_biventricular
-from ._model import LayerPrior, ModelData, ModelSpec, cdt_model, dictionary_activation, list_specs, load_spec
-from ._outputs import to_inference_data, write_fit_outputs
-from ._qrs import QrsWindow, crop_ecg, qrs_window
+from ._model import (
+    BaselineNormal,
+    LayerPrior,
+    ModelData,
+    ModelSpec,
+    baseline_basis,
+    baseline_conditional,
+    cdt_model,
+    dictionary_activation,
+    list_specs,
+    load_spec,
+)
+from ._outputs import to_inference_data, write_fit_outputs, write_posterior_netcdf
+from ._qrs import QrsWindow, crop_ecg, qrs_window, window_levels
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BASE",
+    "BaselineNormal",
     "EPI",
     "INTERIOR",
     "LV_ENDO",
@@ -84,6 +96,8 @@ __all__ = [
     "admissible_sites",
     "atomic_output_dir",
     "boundary_faces",
+    "baseline_basis",
+    "baseline_conditional",
     "build_problem",
     "cdt_model",
     "coarsen_mesh",
@@ -120,5 +134,7 @@ __all__ = [
     "solve_eikonal",
     "to_inference_data",
     "write_ecg_csv",
+    "window_levels",
     "write_fit_outputs",
+    "write_posterior_netcdf",
 ]

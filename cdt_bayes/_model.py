@@ -545,8 +545,17 @@ def baseline_basis(times, kind: str):
     Columns are orthogonal with RMS 1 over ``times``: a constant (``"offset"``), and for
     ``"linear"`` also a centred ramp (values ``±√3`` at the window ends). A coefficient
     ``b ~ N(0, τ²)`` on each column is then a level (or a ramp) of RMS ``τ`` mV.
+
+    Parameters
+    ----------
+    times : (n_times,) array
+        Sample times of the fitted window, ms.
+    kind : {"offset", "linear"}
+        The baseline term.
     """
     p = BASELINE_TERMS[kind]
+    if p == 0:
+        raise ValueError(f"baseline_basis: kind must be 'offset' or 'linear', got {kind!r}")
     t = jnp.asarray(times)
     cols = [jnp.ones_like(t)]
     if p > 1:
@@ -576,13 +585,23 @@ def baseline_conditional(resid, scale, tau, basis, rho=0.0):
 
     Parameters
     ----------
-    resid : (..., n_leads, n_times) mV, ``observed − model ECG`` (without baseline)
-    scale : () noise sd ``σ``, mV;  tau : () prior sd of each coefficient, mV
-    basis : (n_times, p) from :func:`baseline_basis`;  rho : () AR(1) correlation (0: white)
+    resid : (..., n_leads, n_times) array
+        ``observed − model ECG`` (without baseline), mV.
+    scale : float
+        Noise sd ``σ``, mV.
+    tau : float
+        Prior sd of each coefficient, mV.
+    basis : (n_times, p) array
+        From :func:`baseline_basis`.
+    rho : float
+        AR(1) lag-one correlation of the noise (0: white).
 
     Returns
     -------
-    mean : (..., n_leads, p) mV;  chol : (p, p) Cholesky factor of the covariance (shared by leads)
+    mean : (..., n_leads, p) array
+        Posterior mean of the coefficients, mV.
+    chol : (p, p) array
+        Cholesky factor of their posterior covariance (the same for every lead), mV.
     """
     _, gtu, m, v = _baseline_terms(resid, scale, tau, basis, rho)
     cov = jnp.linalg.inv(m)
@@ -603,11 +622,16 @@ class BaselineNormal(dist.Distribution):
 
     Parameters
     ----------
-    loc : (..., n_leads, n_times) mean without baseline, mV
-    scale : () noise sd ``σ``, mV
-    tau : () prior sd of each baseline coefficient, mV
-    basis : (n_times, p)
-    rho : () lag-one noise correlation, ``0 ≤ ρ < 1`` (0: white)
+    loc : (..., n_leads, n_times) array
+        Mean without the baseline, mV.
+    scale : float
+        Noise sd ``σ``, mV.
+    tau : float
+        Prior sd of each baseline coefficient, mV.
+    basis : (n_times, p) array
+        From :func:`baseline_basis`.
+    rho : float
+        Lag-one noise correlation, ``0 ≤ ρ < 1`` (0: white).
 
     Event shape ``(n_leads, n_times)``.
     """

@@ -256,9 +256,19 @@ def write_posterior_netcdf(data, path: Path) -> None:
     except the activation draws (``activation_ms`` of ``posterior`` and ``prior``), which
     keep :data:`ACTIVATION_MANTISSA_BITS` mantissa bits first. Readers need nothing special
     (``arviz.from_netcdf``, ``xarray.open_datatree``).
+
+    Parameters
+    ----------
+    data : arviz DataTree (or InferenceData)
+        From :func:`to_inference_data`; not modified.
+    path : path
+        The ``.nc`` file to write.
     """
     import xarray as xr
 
+    if not hasattr(data, "subtree"):  # arviz < 1: InferenceData compresses on its own
+        data.to_netcdf(str(path))
+        return
     data = data.copy()
     encoding: dict = {}
     for node in data.subtree:
