@@ -112,6 +112,10 @@ class FitProblem:
         How the spec's ``baseline`` was settled (``summary.json`` ``ecg_baseline``):
         ``term``, ``source`` ("spec" or "auto") and, for "auto", the window's levels
         (:func:`cdt_bayes._qrs.window_levels`).
+    pmj_times : dict or None
+        The prior window of the PMJ initiation times (``summary.json`` ``pmj_time_prior``):
+        ``qrs_onset_ms`` (detected onset, ms after the first sample), ``t_max_ms`` (upper
+        bound used) and ``extended`` (whether it was raised by the onset).
     """
 
     mesh: Mesh
@@ -125,6 +129,7 @@ class FitProblem:
     display_mesh: Mesh | None = None
     to_display: MeshMap | None = None
     baseline: dict | None = None
+    pmj_times: dict | None = None
 
     @property
     def output_mesh(self) -> Mesh:
@@ -167,7 +172,11 @@ def build_problem(
         ``spec.leads`` selects leads (``None``: all observed). ``baseline = "auto"`` is
         settled here from the ECG (:func:`cdt_bayes._qrs.window_levels`): ``"linear"`` when a
         lead starts or ends off zero, else ``"none"`` (always ``"none"`` with the Student-t
-        likelihood); ``FitProblem.spec`` holds the result.
+        likelihood); ``FitProblem.spec`` holds the result. When the QRS starts more than
+        ``ONSET_SLACK_MS`` into the ECG (a lead-in), ``t_max_ms`` is raised by the detected
+        onset (:func:`cdt_bayes._qrs.qrs_window`), so that the prior window of the PMJ
+        initiation times, which starts at the first sample, still spans ``t_max_ms`` after
+        the onset.
     lead_field : LeadField, optional
         User-supplied lead field (rows named by lead).
     cache_dir : path, optional
@@ -212,6 +221,7 @@ def build_problem(
             )
         lead_field = LeadField(lead_field.names, to_display.pull_back(lead_field.matrix))
     spec, baseline = _settle_baseline(spec, values, names)
+    spec, pmj_times = _settle_pmj_times(spec, np.asarray(ecg_time_ms, np.float64), values)
     step = int(round(spec.dt_ms))
     t = np.asarray(ecg_time_ms, np.float64)[::step]
     values = values[:, ::step]
@@ -265,7 +275,29 @@ def build_problem(
         display_mesh,
         to_display,
         baseline,
+        pmj_times,
     )
+
+
+#: A detected QRS onset later than this (ms after the ECG's first sample) raises the upper
+#: bound of the PMJ initiation times by the onset (see :func:`build_problem`).
+ONSET_SLACK_MS = 5.0
+
+
+def _settle_pmj_times(spec: ModelSpec, t: np.ndarray, values: np.ndarray) -> tuple[ModelSpec, dict | None]:
+    """Raise ``t_max_ms`` by the QRS onset when the ECG has a lead-in; return the spec and a record."""
+    from ._errors import InputFileError
+    from ._qrs import qrs_window
+
+    try:
+        onset = float(qrs_window(t, values).onset_ms - t[0])
+    except InputFileError:  # a flat ECG: build_problem reports it
+        return spec, None
+    rec = {"qrs_onset_ms": onset, "t_max_ms": spec.t_max_ms, "extended": False}
+    if onset > ONSET_SLACK_MS:
+        spec = spec.replace(t_max_ms=spec.t_max_ms + onset)
+        rec.update(t_max_ms=spec.t_max_ms, extended=True)
+    return spec, rec
 
 
 def _settle_baseline(spec: ModelSpec, values: np.ndarray, names: list[str]) -> tuple[ModelSpec, dict]:

@@ -167,6 +167,14 @@ def summarise(problem: FitProblem, result: FitResult, extras: dict) -> tuple[dic
                     else "the Student-t likelihood has no baseline term, so the levels are fitted by the model ECG"
                 )
             )
+    if problem.pmj_times is not None:
+        summary["pmj_time_prior"] = problem.pmj_times
+        if problem.pmj_times["extended"]:
+            on = problem.pmj_times["qrs_onset_ms"]
+            summary["notes"].append(
+                f"the QRS starts {on:.0f} ms into the fitted ECG: PMJ initiation times were given the prior "
+                f"Uniform(0, {problem.pmj_times['t_max_ms']:.0f}) ms (t_max_ms raised by the onset)"
+            )
     if problem.to_display is not None:
         summary["notes"].append(
             f"the fit ran on an inference mesh of {problem.mesh.n_nodes} nodes carved from the "

@@ -31,7 +31,8 @@ MARGIN_START_MS = 15.0
 #: Recording kept after the detected end (ms): the end of the QRS is faint and detected early.
 MARGIN_END_MS = 20.0
 #: The start is cut only when the onset lies further than this (ms) into the recording:
-#: shorter lead-ins are left to the PMJ initiation times (prior ``t_max_ms`` = 40 ms), and
+#: shorter lead-ins are left to the PMJ initiation times (``build_problem`` raises their
+#: prior bound ``t_max_ms`` by the detected onset), and
 #: in noisy recordings the first, faint part of the QRS is detected up to ~35 ms late.
 MAX_LEAD_IN_MS = 50.0
 #: The end is cut only when the recording runs on for at least this long (ms) after the

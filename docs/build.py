@@ -435,7 +435,8 @@ def render_priors(cdt) -> str:
         [
             "`pmj_t_ms` (n_pmj,), ms",
             f"Uniform(0, `t_max_ms` = {s['t_max_ms']:g})",
-            "initiation time of each PMJ after QRS onset",
+            "initiation time of each PMJ from the fitted window's start; `t_max_ms` is raised "
+            "by the detected QRS onset when the window has a lead-in of more than 5 ms",
         ],
         [
             "`cv_scale` (only when `infer_scale`)",

@@ -484,3 +484,20 @@ def test_posterior_netcdf_is_compressed_and_faithful(tmp_path):
     # the noise ECG cannot shrink much; the smooth activation draws (1.5 x act.nbytes) must
     size = (tmp_path / "p.nc").stat().st_size
     assert size < ecg.nbytes + 0.75 * act.nbytes, size
+
+
+def test_a_lead_in_widens_the_pmj_time_prior():
+    """A QRS that starts 30 ms into the ECG raises t_max_ms by the detected onset (so the
+    earliest PMJ can fire at the onset); a QRS at the start leaves it alone; recorded."""
+    mesh, el, t_act, tt, names, noisy, clean = synthetic()
+    spec = load_spec("default", n_pmj=2, site_spacing_mm=3.0, kernel_mm=2.0, layer_depth_mm=3.5)
+    prob = build_problem(mesh, tt, names, noisy, el, spec, progress=False)
+    assert prob.spec.t_max_ms == spec.t_max_ms and not prob.pmj_times["extended"]
+    assert prob.pmj_times["qrs_onset_ms"] <= 5.0
+    lead = 30
+    sd = 0.02 * np.abs(clean).max()
+    rec = np.concatenate([sd * np.random.default_rng(2).normal(size=(len(names), lead)), noisy], 1)
+    late = build_problem(mesh, np.arange(float(rec.shape[1])), names, rec, el, spec, progress=False)
+    on = late.pmj_times["qrs_onset_ms"]
+    assert late.pmj_times["extended"] and lead - 2 <= on <= lead + 10, late.pmj_times
+    assert late.spec.t_max_ms == late.pmj_times["t_max_ms"] == spec.t_max_ms + on
