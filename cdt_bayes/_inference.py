@@ -158,6 +158,7 @@ def build_problem(
     progress: bool = True,
     name: str = "mesh",
     inference_mesh="auto",
+    qrs_onset_ms: float | None = None,
 ) -> FitProblem:
     """Assemble a :class:`FitProblem`: lead field, sites, distance dictionary, data scale.
 
@@ -188,6 +189,9 @@ def build_problem(
         the lead field is still computed on ``mesh`` and pulled back through the
         interpolation, and posterior activation maps are interpolated back to ``mesh``
         (:meth:`FitProblem.to_output_nodes`) for the outputs.
+    qrs_onset_ms : float, optional
+        QRS onset, ms after the first sample, when it is known (``cdt-bayes fit`` passes the
+        one found in the whole recording); ``None`` detects it in ``ecg_values``.
     """
     from ._coarsen import inference_mesh as _inference_mesh
     from ._ecg import LeadField
@@ -221,7 +225,7 @@ def build_problem(
             )
         lead_field = LeadField(lead_field.names, to_display.pull_back(lead_field.matrix))
     spec, baseline = _settle_baseline(spec, values, names)
-    spec, pmj_times = _settle_pmj_times(spec, np.asarray(ecg_time_ms, np.float64), values)
+    spec, pmj_times = _settle_pmj_times(spec, np.asarray(ecg_time_ms, np.float64), values, qrs_onset_ms)
     step = int(round(spec.dt_ms))
     t = np.asarray(ecg_time_ms, np.float64)[::step]
     values = values[:, ::step]
@@ -284,15 +288,19 @@ def build_problem(
 ONSET_SLACK_MS = 5.0
 
 
-def _settle_pmj_times(spec: ModelSpec, t: np.ndarray, values: np.ndarray) -> tuple[ModelSpec, dict | None]:
+def _settle_pmj_times(
+    spec: ModelSpec, t: np.ndarray, values: np.ndarray, onset: float | None = None
+) -> tuple[ModelSpec, dict | None]:
     """Raise ``t_max_ms`` by the QRS onset when the ECG has a lead-in; return the spec and a record."""
     from ._errors import InputFileError
     from ._qrs import qrs_window
 
-    try:
-        onset = float(qrs_window(t, values).onset_ms - t[0])
-    except InputFileError:  # a flat ECG: build_problem reports it
-        return spec, None
+    if onset is None:
+        try:
+            onset = float(qrs_window(t, values).onset_ms - t[0])
+        except InputFileError:  # a flat ECG: build_problem reports it
+            return spec, None
+    onset = float(onset)
     rec = {"qrs_onset_ms": onset, "t_max_ms": spec.t_max_ms, "extended": False}
     if onset > ONSET_SLACK_MS:
         spec = spec.replace(t_max_ms=spec.t_max_ms + onset)

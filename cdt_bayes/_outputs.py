@@ -414,8 +414,12 @@ def run_fit_cli(args) -> int:
     if getattr(args, "baseline", None):
         overrides["baseline"] = args.baseline
     spec = load_spec(args.spec or "default", **overrides)
+    # the onset found in the whole recording, in the window's times (re-detecting it in the
+    # cut window is unreliable: the window starts only MARGIN_START_MS before it)
+    onset = window["qrs_onset_ms"] - window["start_ms"] if window["source"] == "auto" else None
     problem = build_problem_cli(
-        mesh, t, names, vals, electrodes, spec, progress, args.mesh, getattr(args, "inference_mesh", "auto")
+        mesh, t, names, vals, electrodes, spec, progress, args.mesh, getattr(args, "inference_mesh", "auto"),
+        qrs_onset_ms=onset,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -451,13 +455,14 @@ def run_fit_cli(args) -> int:
     return 0
 
 
-def build_problem_cli(mesh, t, names, vals, electrodes, spec, progress, name, inference_mesh="auto"):
+def build_problem_cli(mesh, t, names, vals, electrodes, spec, progress, name, inference_mesh="auto", qrs_onset_ms=None):
     """:func:`build_problem` with the user cache directory."""
     from ._inference import build_problem
 
     problem = build_problem(
         mesh, t, names, vals, electrodes, spec,
         cache_dir=cache_dir(), progress=progress, name=name, inference_mesh=inference_mesh,
+        qrs_onset_ms=qrs_onset_ms,
     )
     if progress and problem.to_display is not None:
         print(

@@ -375,6 +375,10 @@ def test_cli_fit_end_to_end(tmp_path):
     assert 100 + tt[-1] - 15 <= w["end_ms"] <= 100 + tt[-1] + 60 and w["offset_ms"] == w["start_ms"]
     assert any("found automatically" in n for n in j["notes"])
     assert j["ecg_baseline"]["source"] == "auto" and j["ecg_baseline"]["term"] == "none", j["ecg_baseline"]
+    # cut to 15 ms before the detected onset: the PMJ time prior is widened by that lead-in
+    p = j["pmj_time_prior"]
+    assert p["extended"] and 5 < p["qrs_onset_ms"] < 40 and p["t_max_ms"] == 40.0 + p["qrs_onset_ms"], p
+    assert any("PMJ initiation times" in n for n in j["notes"])
     fitted = np.loadtxt(tmp_path / "fit" / "ecg_posterior.csv", delimiter=",", skiprows=1, usecols=0)
     assert fitted.min() == 0.0 and fitted.max() == w["end_ms"] - w["start_ms"]
 
