@@ -1243,18 +1243,27 @@ def posterior_ecg(
     return (*out, coef) if return_baseline else out
 
 
+@functools.partial(jax.jit, static_argnames=("point",))
+def _baseline_batch(keys, mu, sigma, rho, obs, basis, tau, point: bool):
+    """Baseline coefficients and levels of a batch of draws (arrays as arguments: one compilation per shape)."""
+
+    def one(k, m, s, r):
+        mean, chol = baseline_conditional(obs - m, s, tau, basis, r)
+        b = mean if point else mean + jax.random.normal(k, mean.shape, mean.dtype) @ chol.T
+        return b, b @ basis.T
+
+    return jax.vmap(one)(keys, mu, sigma, rho)
+
+
 def _baseline_draws(key, problem: FitProblem, mu: np.ndarray, sigma: np.ndarray, rho: np.ndarray, point: bool):
     """Baseline coefficients ``(n, lead, p)`` and levels ``(n, lead, time)`` mV given ``obs − mu``."""
     basis = baseline_basis(problem.data.times, problem.spec.baseline)
     tau = baseline_sd(problem.data, problem.spec)
-
-    def one(k, m, s, r):
-        mean, chol = baseline_conditional(jnp.asarray(problem.obs) - m, s, tau, basis, r)
-        b = mean if point else mean + jax.random.normal(k, mean.shape, mean.dtype) @ chol.T
-        return b, b @ basis.T
-
     keys = jax.random.split(key, mu.shape[0])
-    b, level = jax.jit(jax.vmap(one))(keys, jnp.asarray(mu), jnp.asarray(sigma), jnp.asarray(rho, mu.dtype))
+    b, level = _baseline_batch(
+        keys, jnp.asarray(mu), jnp.asarray(sigma, mu.dtype), jnp.asarray(rho, mu.dtype),
+        jnp.asarray(problem.obs), basis, tau, point,
+    )
     return np.asarray(b), np.asarray(level)
 
 

@@ -917,6 +917,11 @@ def cdt_model(data: ModelData, spec: ModelSpec, obs=None, temper=1.0):
         Likelihood power ``β`` (1 = the posterior; < 1 flattens it, used to anneal the
         multi-start MAP optimisation).
     """
+    if spec.baseline == "auto":
+        raise SpecError(
+            "baseline = 'auto' is decided from the observed ECG: build the problem with build_problem() "
+            "and use problem.spec (or set baseline to 'none', 'offset' or 'linear')"
+        )
     with numpyro.plate("pmj", spec.n_pmj):
         prior = LayerPrior(data.prior_sites, spec.prior_kernel_mm, data.prior_group, data.pmj_group)
         z = numpyro.sample("pmj_xyz_mm", prior)
@@ -937,11 +942,6 @@ def cdt_model(data: ModelData, spec: ModelSpec, obs=None, temper=1.0):
     numpyro.deterministic("activation_ms", act)
     mu = numpyro.deterministic("ecg_model_mV", model_ecg(act, gain, shift, data))
     rho = numpyro.sample("noise_rho", dist.Uniform(0.0, spec.ar1_rho_max)) if spec.likelihood == "ar1" else None
-    if spec.baseline == "auto":
-        raise SpecError(
-            "baseline = 'auto' is decided from the observed ECG: build the problem with build_problem() "
-            "and use problem.spec (or set baseline to 'none', 'offset' or 'linear')"
-        )
     if spec.baseline != "none":
         basis = baseline_basis(data.times, spec.baseline)
         like = BaselineNormal(mu, sigma, baseline_sd(data, spec), basis, 0.0 if rho is None else rho)

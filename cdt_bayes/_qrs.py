@@ -101,6 +101,15 @@ def spatial_velocity(values: np.ndarray, smooth_ms: float = 3.0) -> np.ndarray:
     return np.sqrt(np.mean(d**2, axis=0))
 
 
+def _lead_noise_sd(v: np.ndarray) -> np.ndarray:
+    """Per-lead white-noise sd from the median absolute second difference, ``(n_leads,)`` mV.
+
+    Robust to the QRS, which holds few samples of a recording; ``v`` needs 3 samples or more.
+    """
+    d2 = np.diff(v, n=2, axis=1)
+    return np.median(np.abs(d2 - np.median(d2, axis=1, keepdims=True)), axis=1) / 0.6745 / np.sqrt(6.0)
+
+
 def noise_floor(values: np.ndarray, seed: int = 0) -> float:
     """Spatial velocity that white measurement noise alone reaches (its 99th percentile).
 
@@ -123,9 +132,7 @@ def noise_floor(values: np.ndarray, seed: int = 0) -> float:
     v = np.asarray(values, np.float64)
     if v.shape[1] < 3:
         return 0.0
-    d2 = np.diff(v, n=2, axis=1)
-    sd = np.median(np.abs(d2 - np.median(d2, axis=1, keepdims=True)), axis=1) / 0.6745 / np.sqrt(6.0)
-    noise = np.random.default_rng(seed).normal(size=v.shape) * sd[:, None]
+    noise = np.random.default_rng(seed).normal(size=v.shape) * _lead_noise_sd(v)[:, None]
     return float(np.quantile(spatial_velocity(noise), 0.99))
 
 
@@ -302,16 +309,13 @@ def window_levels(values: np.ndarray) -> dict:
         ``start_mV``, ``end_mV`` (per lead: medians of the first/last ``LEVEL_SAMPLES``),
         ``max_rel`` (largest |level| over the peak |value|), ``threshold_mV`` and ``off_zero``
         (whether a level exceeds ``max(LEVEL_FRACTION × peak, LEVEL_SE × its standard error)``,
-        the noise sd estimated from second differences, as in :func:`noise_floor`).
+        the largest lead's noise sd estimated from second differences, as in :func:`noise_floor`).
     """
     v = np.asarray(values, np.float64)
     n = min(LEVEL_SAMPLES, v.shape[1])
     start, end = np.median(v[:, :n], axis=1), np.median(v[:, -n:], axis=1)
     peak = float(np.abs(v).max()) if v.size else 0.0
-    sd = 0.0
-    if v.shape[1] >= 3:
-        d2 = np.diff(v, n=2, axis=1)
-        sd = float(np.max(np.median(np.abs(d2 - np.median(d2, axis=1, keepdims=True)), axis=1))) / 0.6745 / np.sqrt(6.0)
+    sd = float(_lead_noise_sd(v).max()) if v.shape[1] >= 3 else 0.0
     threshold = max(LEVEL_FRACTION * peak, LEVEL_SE * 1.2533 * sd / np.sqrt(n))  # se of a median of n
     top = float(max(np.abs(start).max(), np.abs(end).max())) if v.size else 0.0
     return {
