@@ -464,6 +464,14 @@ def build_parser() -> argparse.ArgumentParser:
         "program ('vectorized'); 'auto' (default): vectorized on a GPU, sequential on a CPU",
     )
     p.add_argument(
+        "--search-rounds",
+        type=_int_at_least(0),
+        default=None,
+        metavar="N",
+        help="basin-hopping rounds after the multi-start MAP: each re-draws a few PMJs of the best "
+        "optimum and re-optimises (default: 6 for nuts and svi, 0 for map, the Geodesic-BP baseline)",
+    )
+    p.add_argument(
         "--inference-mesh",
         type=_inference_mesh_arg,
         default="auto",

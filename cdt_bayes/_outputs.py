@@ -154,6 +154,7 @@ def summarise(problem: FitProblem, result: FitResult, extras: dict) -> tuple[dic
     }
     if result.optima:
         summary["map_optima"] = result.optima
+    summary["map_search_rounds"] = int(result.search_rounds)
     if problem.baseline is not None:
         summary["ecg_baseline"] = problem.baseline
         if problem.baseline["source"] == "auto" and problem.baseline["off_zero"]:
@@ -438,6 +439,7 @@ def run_fit_cli(args) -> int:
         chain_starts=getattr(args, "chain_starts", "evidence"),
         max_tree_depth=getattr(args, "max_tree_depth", 8),
         chain_method=getattr(args, "chain_method", "auto"),
+        search_rounds=getattr(args, "search_rounds", None),
         progress=progress,
     )
     with atomic_output_dir(out) as stage:
