@@ -469,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="basin-hopping rounds after the multi-start MAP: each re-draws a few PMJs of the best "
-        "optimum and re-optimises (default: 6 for nuts and svi, 0 for map, the Geodesic-BP baseline)",
+        "optimum and re-optimises (default: 6 for nuts, 4 for svi, 0 for map, the Geodesic-BP baseline)",
     )
     p.add_argument(
         "--inference-mesh",
