@@ -748,6 +748,12 @@ def _case_section(fit: FitData, summary_text: str) -> _Section:
             why = "it starts or ends off zero" if bl.get("off_zero") else "it starts and ends near zero"
             what += f" (chosen from the ECG: {why})"
         rows.append(("ECG baseline fitted", what))
+    if s.get("map_search_rounds"):
+        rows.append((
+            "search for the best fit",
+            f"{int(s['map_search_rounds'])} rounds of basin hopping after the multi-start optimisation "
+            "(a few PMJs re-placed at random and re-fitted, kept when the fit improves)",
+        ))
     rows.append(("run time", _fmt_seconds(_num(s.get("seconds")))))
     unit = {"cv_scale": "", "gain": "", "shift_ms": " ms", "sigma_mV": " mV"}
     if pm:

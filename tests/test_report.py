@@ -144,6 +144,7 @@ def make_fit_dir(
         "posterior_means": {"cv_scale": 1.1, "gain": 0.9, "shift_ms": 0.5, "sigma_mV": 0.02},
         "notes": [],
         "ecg_baseline": {"term": "linear", "source": "auto", "off_zero": True, "max_level_rel": 0.1},
+        "map_search_rounds": 6,
     }
     pd = {
         "activation_mean_ms": node["mean"],
@@ -278,6 +279,7 @@ def test_html_has_sections_lights_and_numbers(nuts_report):
     assert f"{tat['mean']:.0f} ms (90% interval {tat['q05']:.0f}–{tat['q95']:.0f} ms)" in text
     assert "Summary in plain language" in text
     assert "a level and a ramp per lead (chosen from the ECG: it starts or ends off zero)" in text
+    assert "6 rounds of basin hopping" in text
     assert "Not a diagnosis" in text and "research" in text
     for name in P.AHA_NAMES:  # the 17-segment table
         assert f"<td>{name}</td>" in text
