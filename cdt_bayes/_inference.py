@@ -478,6 +478,7 @@ def find_map(
     search_pmjs: int = 4,
     search_steps: int = 300,
     search_deadline: float | None = None,
+    search_log: list | None = None,
 ):
     """Multi-start MAP in the unconstrained space (Adam, the Geodesic-BP baseline).
 
@@ -493,7 +494,8 @@ def find_map(
     optima far below the posterior's main mode (on the benchmark case, ~170 nats below
     the optimum next to the truth), and the PMJs of a local optimum cannot cross the
     barriers between basins by small steps. No new round starts after ``search_deadline``
-    (a ``time.time()`` value).
+    (a ``time.time()`` value). ``search_log``, a list, receives the best loss before the
+    rounds and after each round run.
 
     Returns
     -------
@@ -522,27 +524,27 @@ def find_map(
     if search_rounds > 0:
         u, loss = _basin_hops(
             problem, u_fn, u, loss, rates, jax.random.fold_in(key, 1), supports,
-            search_rounds, search_pmjs, search_steps, progress, search_deadline,
+            search_rounds, search_pmjs, search_steps, progress, search_deadline, search_log,
         )
     return u, loss, potential_fn, postprocess_fn, supports
 
 
 def _basin_hops(
     problem, u_fn, u, loss, rates, key, supports, rounds: int, n_redraw: int, steps: int, progress: bool,
-    deadline: float | None = None,
+    deadline: float | None = None, log: list | None = None,
 ):
     """Basin hopping from the best optimum: re-draw a few PMJs, re-optimise, keep the best.
 
     ``u`` (a batch of ``n`` optima, best first) and ``loss`` ``(n,)``; returns the ``n``
     best of all optima seen, best first. Proposals re-draw ``n_redraw`` PMJs (position and
     time, from prior draws) of the best optimum, at most half of them; the other sites
-    keep their values.
+    keep their values. ``log`` (a list) gets the best loss first and after every round.
     """
     n = int(loss.shape[0])
     k_pmj = problem.spec.n_pmj
     m = min(max(int(n_redraw), 1), max(1, k_pmj // 2))  # at most half: a hop, not a restart
-    prog = _memo(u_fn, ("adam", steps, 0.5, 0.2), lambda: _adam_program(u_fn, steps, 0.5, 0.2))
-    rates = jax.tree.map(lambda r: jnp.asarray(r, jnp.float32), rates)
+    if log is not None:
+        log.append(float(loss[0]))
     pmj_sites = [k for k in ("pmj_xyz_mm", "pmj_t_ms") if k in u]
     desc = f"MAP basin hops ({n} proposals x {steps} steps)"
     with progress_bar(total=rounds, desc=desc, disable=not progress) as bar:
@@ -563,7 +565,7 @@ def _basin_hops(
                     sel = mask.reshape(mask.shape + (1,) * (v.ndim - 2))
                     base = np.where(sel, np.asarray(fresh[name]), base)
                 prop[name] = jnp.asarray(base, v.dtype)
-            u_new, l_new, _ = prog(prop, rates)
+            u_new, l_new, _ = _adam(u_fn, prop, steps, rates, anneal=0.5, beta0=0.2)
             l_new = np.asarray(l_new)
             l_new = np.where(np.isfinite(l_new), l_new, np.inf)
             both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), u, u_new)
@@ -580,6 +582,8 @@ def _basin_hops(
             keep_arr = np.asarray(keep)
             u = jax.tree.map(lambda x: x[keep_arr], both)
             loss = l_both[keep_arr]
+            if log is not None:
+                log.append(float(loss[0]))
             bar.update(1)
             bar.set_postfix_str(f"best -log p {loss[0]:.1f}")
     return u, loss
@@ -1061,7 +1065,7 @@ class FitResult:
     optima: list = dataclasses.field(default_factory=list)
     chain_method: str | None = None  # NUTS: "sequential" or "vectorized"
     chain_optimum: list | None = None  # NUTS: index (into ``optima``) of each chain's start
-    search_rounds: int = 0  # basin-hopping rounds after the multi-start MAP
+    search_rounds: int = 0  # basin-hopping rounds run after the multi-start MAP
 
 
 def fit(
@@ -1147,12 +1151,21 @@ def fit(
         search_rounds = SEARCH_ROUNDS[method]
     if search_rounds < 0:
         raise CdtBayesError(f"--search-rounds {search_rounds}: must be >= 0")
+    search_log: list[float] = []
     u, losses, potential_fn, postprocess_fn, _ = find_map(
         problem, k_map, n_starts=n_starts, steps=map_steps, lr=map_lr, progress=progress,
         search_rounds=search_rounds,
         search_deadline=None if deadline is None else t0 + 0.25 * time_budget_s,
+        search_log=search_log,
     )
     notes: list[str] = []
+    rounds_run = max(len(search_log) - 1, 0)
+    if search_rounds > 0:
+        notes.append(
+            f"basin hopping: {rounds_run} of {search_rounds} rounds after the multi-start MAP raised the best "
+            f"log joint by {search_log[0] - search_log[-1]:.1f} nats"
+            + ("" if rounds_run == search_rounds else " (stopped at a quarter of the time budget)")
+        )
     optima: list[dict] = []
     post = _memo(postprocess_fn, ("vmap",), lambda: jax.jit(jax.vmap(postprocess_fn)))
     stats = None
@@ -1248,7 +1261,7 @@ def fit(
         optima,
         chain_method if method == "nuts" else None,
         chain_optimum if method == "nuts" else None,
-        search_rounds,
+        rounds_run,
     )
 
 

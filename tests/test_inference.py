@@ -66,7 +66,10 @@ def test_basin_hops_keep_the_best_optima(case):
     prob, _, _ = case
     kw = dict(n_starts=4, steps=300, progress=False)
     _, plain, _, _, _ = find_map(prob, jax.random.key(0), **kw)
-    u, hopped, _, post, _ = find_map(prob, jax.random.key(0), search_rounds=2, search_steps=100, **kw)
+    log: list = []
+    u, hopped, _, post, _ = find_map(prob, jax.random.key(0), search_rounds=2, search_steps=100, search_log=log, **kw)
+    assert len(log) == 3 and log[0] == plain[0] and log[-1] == hopped[0]  # before, then after each round
+    assert np.all(np.diff(log) <= 0)
     assert hopped.shape == plain.shape and np.all(np.isfinite(hopped))
     assert np.all(np.diff(hopped) > 1e-3)  # sorted and distinct
     distinct_plain = plain[np.concatenate([[True], np.diff(plain) > 1e-3])]
