@@ -472,6 +472,14 @@ def build_parser() -> argparse.ArgumentParser:
         "optimum and re-optimises (default: 6 for nuts, 4 for svi, 0 for map, the Geodesic-BP baseline)",
     )
     p.add_argument(
+        "--search-smooth-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="time smoothing (Gaussian sd, ms) of the ECG misfit at the start of the MAP search, "
+        "falling to none as it goes: coarse to fine (default 4; 0: none). Only the search sees it",
+    )
+    p.add_argument(
         "--inference-mesh",
         type=_inference_mesh_arg,
         default="auto",

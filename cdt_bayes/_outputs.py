@@ -155,6 +155,7 @@ def summarise(problem: FitProblem, result: FitResult, extras: dict) -> tuple[dic
     if result.optima:
         summary["map_optima"] = result.optima
     summary["map_search_rounds"] = int(result.search_rounds)
+    summary["map_search_smooth_ms"] = float(result.search_smooth_ms)
     if problem.baseline is not None:
         summary["ecg_baseline"] = problem.baseline
         if problem.baseline["source"] == "auto" and problem.baseline["off_zero"]:
@@ -440,6 +441,7 @@ def run_fit_cli(args) -> int:
         max_tree_depth=getattr(args, "max_tree_depth", 8),
         chain_method=getattr(args, "chain_method", "auto"),
         search_rounds=getattr(args, "search_rounds", None),
+        **({} if getattr(args, "search_smooth_ms", None) is None else {"search_smooth_ms": args.search_smooth_ms}),
         progress=progress,
     )
     with atomic_output_dir(out) as stage:

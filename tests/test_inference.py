@@ -80,6 +80,32 @@ def test_basin_hops_keep_the_best_optima(case):
         np.testing.assert_allclose(float(potential_fn(jax.tree.map(lambda x: x[i], u))), hopped[i], rtol=1e-5, atol=1e-3)
 
 
+def test_smoothed_misfit_is_a_search_device_only(case):
+    """The search's time smoothing (a) vanishes exactly as its width goes to zero, (b) really
+    changes the misfit at a few ms, and (c) never reaches the reported losses: a MAP search
+    with and without it reports the unsmoothed potential at its optima."""
+    from cdt_bayes._inference import _tempered_potential
+    from cdt_bayes._model import time_smoother
+
+    prob, _, _ = case
+    t = prob.data.times
+    np.testing.assert_array_equal(np.asarray(time_smoother(t, 0.0)), np.eye(t.shape[0]))
+    s4 = np.asarray(time_smoother(t, 4.0))
+    np.testing.assert_allclose(s4.sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(s4 @ np.ones(t.shape[0]), 1.0, rtol=1e-6)  # a level stays a level
+    assert s4[t.shape[0] // 2].max() < 0.2  # ~4 ms wide: spread over ~10 samples
+    u_fn = _tempered_potential(prob)
+    _, potential_fn, _, _ = _setup(prob, jax.random.key(1))
+    z0 = _setup(prob, jax.random.key(2))[0]
+    exact = float(potential_fn(z0))
+    assert float(u_fn(z0, 1.0, 0.0)) == pytest.approx(exact, rel=1e-6)
+    assert abs(float(u_fn(z0, 1.0, 4.0)) - exact) > 1.0
+    for w in (0.0, 4.0):
+        u, losses, _, _, _ = find_map(prob, jax.random.key(0), n_starts=2, steps=100, progress=False, smooth_ms=w)
+        for i in range(2):
+            np.testing.assert_allclose(float(potential_fn(jax.tree.map(lambda x: x[i], u))), losses[i], rtol=1e-5, atol=1e-3)
+
+
 def test_nuts_outputs_and_reproducibility(case, tmp_path):
     prob, t_act, _ = case
     kw = dict(chains=2, num_warmup=20, num_samples=20, seed=3, n_starts=4, map_steps=150, progress=False)
@@ -299,6 +325,8 @@ def test_bad_options(case):
         fit(prob, "nuts", max_tree_depth=0)
     with pytest.raises(CdtBayesError, match="--search-rounds"):
         fit(prob, "svi", search_rounds=-1)
+    with pytest.raises(CdtBayesError, match="--search-smooth-ms"):
+        fit(prob, "map", search_smooth_ms=-1.0)
 
 
 def test_deterministic_sites_match_the_batched_postprocessing(case):
@@ -393,6 +421,7 @@ def test_cli_fit_end_to_end(tmp_path):
     j = json.loads((tmp_path / "fit" / "summary.json").read_text())
     assert j["method"] == "map" and j["n_pmj"] == 2 and j["ecg_correlation"] > 0.9
     assert j["map_search_rounds"] == 0  # MAP is the published baseline: no basin hops
+    assert j["map_search_smooth_ms"] == 4.0  # ... with the coarse-to-fine misfit (the default)
     assert not (tmp_path / "fit" / ".checkpoint").exists()
     w = j["ecg_window"]
     assert w["source"] == "auto" and w["cut"] and 80 <= w["start_ms"] <= 100 <= w["qrs_onset_ms"]
