@@ -477,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="MS",
         help="time smoothing (Gaussian sd, ms) of the ECG misfit at the start of the MAP search, "
-        "falling to none as it goes: coarse to fine (default 4; 0: none). Only the search sees it",
+        "falling to none as it goes: coarse to fine (default 0: none; try 4). Only the search sees it",
     )
     p.add_argument(
         "--inference-mesh",

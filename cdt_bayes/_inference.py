@@ -478,9 +478,11 @@ SEARCH_ROUNDS = {"map": 0, "svi": 4, "nuts": 6}
 
 #: Width (ms) of the time smoothing of the ECG misfit at the start of every MAP search
 #: (``--search-smooth-ms``), falling to 0 over the annealing steps: coarse to fine, as in
-#: waveform inversion. On the benchmark case it raised the best of 8 multi-start optima by
-#: ~100 nats on average over 3 seeds at no extra cost (benchmarks/RESULTS.md, Session 13).
-SEARCH_SMOOTH_MS = 4.0
+#: waveform inversion. Off by default: on the benchmark case 4 ms raised the best of 8
+#: multi-start optima by ~50 nats on average over 9 seeds, but did not lower their
+#: activation error, and on the benchmark's own seed MAP, SVI and NUTS all came out worse
+#: (benchmarks/RESULTS.md, Session 13).
+SEARCH_SMOOTH_MS = 0.0
 
 #: Basin hops start from a good optimum: their smoothing starts at this fraction of it.
 HOP_SMOOTH_FRACTION = 0.4
@@ -507,7 +509,7 @@ def find_map(
     (``steps`` iterations, ``lr`` mm for PMJ positions, other sites scaled by their prior
     spread, likelihood annealed over the first 60%). While the likelihood is annealed, the
     model and observed ECG are also smoothed in time, by a Gaussian of sd ``smooth_ms``
-    at first falling linearly to none (0: no smoothing). With sharp QRS deflections a PMJ
+    at first falling linearly to none (0, the default: none). With sharp QRS deflections a PMJ
     a few ms early or late otherwise sees a flat or misleading misfit, and Adam stops in a
     wrong basin; the smoothed misfit brings the deflections into line first. Returned
     losses are the unsmoothed negative log joint.

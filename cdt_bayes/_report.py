@@ -748,12 +748,19 @@ def _case_section(fit: FitData, summary_text: str) -> _Section:
             why = "it starts or ends off zero" if bl.get("off_zero") else "it starts and ends near zero"
             what += f" (chosen from the ECG: {why})"
         rows.append(("ECG baseline fitted", what))
+    search = []
+    if s.get("map_search_smooth_ms"):
+        search.append(
+            f"a coarse-to-fine fit (the ECG smoothed over ~{float(s['map_search_smooth_ms']):g} ms at first, "
+            "then sharp)"
+        )
     if s.get("map_search_rounds"):
-        rows.append((
-            "search for the best fit",
+        search.append(
             f"{int(s['map_search_rounds'])} rounds of basin hopping after the multi-start optimisation "
-            "(a few PMJs re-placed at random and re-fitted, kept when the fit improves)",
-        ))
+            "(a few PMJs re-placed at random and re-fitted, kept when the fit improves)"
+        )
+    if search:
+        rows.append(("search for the best fit", "; ".join(search)))
     rows.append(("run time", _fmt_seconds(_num(s.get("seconds")))))
     unit = {"cv_scale": "", "gain": "", "shift_ms": " ms", "sigma_mV": " mV"}
     if pm:

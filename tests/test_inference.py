@@ -421,7 +421,7 @@ def test_cli_fit_end_to_end(tmp_path):
     j = json.loads((tmp_path / "fit" / "summary.json").read_text())
     assert j["method"] == "map" and j["n_pmj"] == 2 and j["ecg_correlation"] > 0.9
     assert j["map_search_rounds"] == 0  # MAP is the published baseline: no basin hops
-    assert j["map_search_smooth_ms"] == 4.0  # ... with the coarse-to-fine misfit (the default)
+    assert j["map_search_smooth_ms"] == 0.0  # ... and no coarse-to-fine misfit unless asked
     assert not (tmp_path / "fit" / ".checkpoint").exists()
     w = j["ecg_window"]
     assert w["source"] == "auto" and w["cut"] and 80 <= w["start_ms"] <= 100 <= w["qrs_onset_ms"]

@@ -145,6 +145,7 @@ def make_fit_dir(
         "notes": [],
         "ecg_baseline": {"term": "linear", "source": "auto", "off_zero": True, "max_level_rel": 0.1},
         "map_search_rounds": 6,
+        "map_search_smooth_ms": 4.0,
     }
     pd = {
         "activation_mean_ms": node["mean"],
@@ -279,7 +280,7 @@ def test_html_has_sections_lights_and_numbers(nuts_report):
     assert f"{tat['mean']:.0f} ms (90% interval {tat['q05']:.0f}–{tat['q95']:.0f} ms)" in text
     assert "Summary in plain language" in text
     assert "a level and a ramp per lead (chosen from the ECG: it starts or ends off zero)" in text
-    assert "6 rounds of basin hopping" in text
+    assert "6 rounds of basin hopping" in text and "smoothed over ~4 ms" in text
     assert "Not a diagnosis" in text and "research" in text
     for name in P.AHA_NAMES:  # the 17-segment table
         assert f"<td>{name}</td>" in text
