@@ -473,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--search-smooth-ms",
-        type=float,
+        type=_non_negative("ms"),
         default=None,
         metavar="MS",
         help="time smoothing (Gaussian sd, ms) of the ECG misfit at the start of the MAP search, "

@@ -1118,7 +1118,7 @@ def fit(
     max_tree_depth: int = 8,
     chain_method: str = "auto",
     search_rounds: int | None = None,
-    search_smooth_ms: float = SEARCH_SMOOTH_MS,
+    search_smooth_ms: float | None = None,
     progress: bool = True,
 ) -> FitResult:
     """Run MAP, SVI or NUTS on a :class:`FitProblem`.
@@ -1154,9 +1154,9 @@ def fit(
         Basin-hopping rounds after the multi-start MAP (see :func:`find_map`). ``None``:
         :data:`SEARCH_ROUNDS` of the method (4 for ``svi``, 6 for ``nuts``, 0 for ``map``,
         the Geodesic-BP baseline as published).
-    search_smooth_ms : float
+    search_smooth_ms : float, optional
         Time smoothing (ms, Gaussian sd) of the ECG misfit at the start of the MAP search,
-        falling to none (see :func:`find_map`; 0: none). Only the search sees it: SVI,
+        falling to none (see :func:`find_map`; 0: none). ``None``: :data:`SEARCH_SMOOTH_MS` (0). Only the search sees it: SVI,
         NUTS and every reported loss use the model as specified.
 
     Returns
@@ -1187,6 +1187,8 @@ def fit(
         search_rounds = SEARCH_ROUNDS[method]
     if search_rounds < 0:
         raise CdtBayesError(f"--search-rounds {search_rounds}: must be >= 0")
+    if search_smooth_ms is None:
+        search_smooth_ms = SEARCH_SMOOTH_MS
     if not (np.isfinite(search_smooth_ms) and 0 <= search_smooth_ms <= 50):
         raise CdtBayesError(f"--search-smooth-ms {search_smooth_ms}: must be between 0 and 50 ms")
     search_log: list[float] = []

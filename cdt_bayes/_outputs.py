@@ -441,7 +441,7 @@ def run_fit_cli(args) -> int:
         max_tree_depth=getattr(args, "max_tree_depth", 8),
         chain_method=getattr(args, "chain_method", "auto"),
         search_rounds=getattr(args, "search_rounds", None),
-        **({} if getattr(args, "search_smooth_ms", None) is None else {"search_smooth_ms": args.search_smooth_ms}),
+        search_smooth_ms=getattr(args, "search_smooth_ms", None),
         progress=progress,
     )
     with atomic_output_dir(out) as stage:
