@@ -1156,8 +1156,9 @@ def fit(
         the Geodesic-BP baseline as published).
     search_smooth_ms : float, optional
         Time smoothing (ms, Gaussian sd) of the ECG misfit at the start of the MAP search,
-        falling to none (see :func:`find_map`; 0: none). ``None``: :data:`SEARCH_SMOOTH_MS` (0). Only the search sees it: SVI,
-        NUTS and every reported loss use the model as specified.
+        falling to none (see :func:`find_map`; 0: none). ``None``: :data:`SEARCH_SMOOTH_MS`
+        (0). Only the search sees it: SVI, NUTS and every reported loss use the model as
+        specified.
 
     Returns
     -------
