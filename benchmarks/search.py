@@ -40,11 +40,12 @@ from cdt_bayes._inference import (  # noqa: E402
     LATENT_SITES,
     _adam_program,
     _prior_unconstrained,
+    _setup,
     _tempered_potential,
     find_map,
     posterior_activation,
 )
-from cdt_bayes._model import cdt_model, load_spec  # noqa: E402
+from cdt_bayes._model import cdt_model, load_spec, model_ecg  # noqa: E402
 
 
 def _constrained(postf, u):
@@ -84,17 +85,27 @@ def reference(case, prob, postf, supports, key):
     t = np.where(np.arange(k) < len(tt), tt[idx], 0.98 * spec.t_max_ms)
     sites = np.asarray(prob.data.prior_sites)
     z = sites[np.argmin(((z[:, None] - sites[None]) ** 2).sum(-1), 1)]  # inside the layer
-    rms = float(np.sqrt(np.mean(np.asarray(prob.obs) ** 2)))
     vals = {
         "pmj_xyz_mm": jnp.asarray(z, jnp.float32),
         "pmj_t_ms": jnp.asarray(np.clip(t, 0.05, spec.t_max_ms - 0.05), jnp.float32),
         "cv_scale": jnp.float32(1.0),
         "gain": jnp.asarray(prob.data.gain0, jnp.float32),
-        "sigma_mV": jnp.float32(0.5 * spec.noise_rel_scale * rms),
+        "sigma_mV": jnp.float32(0.1),
     }
     args, kw = prob.model_args()
-    u = unconstrain_fn(cdt_model, args, kw, {n: v for n, v in vals.items() if n in supports})
-    u = jax.tree.map(lambda x: x[None], {n: u[n] for n in supports})
+
+    def unconstrained(v):
+        u = unconstrain_fn(cdt_model, args, kw, {n: x for n, x in v.items() if n in supports})
+        return jax.tree.map(lambda x: x[None], {n: u[n] for n in supports})
+
+    # gain and noise sd by least squares at the true activation, so the polish starts in the basin
+    act = _activation(prob, postf, unconstrained(vals))[0]
+    mu = np.asarray(model_ecg(jnp.asarray(act, jnp.float32), 1.0, 0.0, prob.data))
+    obs = np.asarray(prob.obs)
+    g = float(np.sum(obs * mu) / np.sum(mu * mu))
+    vals["gain"] = jnp.float32(g)
+    vals["sigma_mV"] = jnp.float32(np.sqrt(np.mean((obs - g * mu) ** 2)))
+    u = unconstrained(vals)
     u_fn = _tempered_potential(prob)
     draws = _prior_unconstrained(prob, key, 2048, supports)
     spread = {n: float(np.std(np.asarray(v))) + 1e-3 for n, v in draws.items()}
@@ -121,7 +132,7 @@ def main(argv=None) -> int:
     case = benchmark_truth()
     prob, _ = case_problem(case, load_spec("default", n_pmj=args.n_pmj))
     truth = case["truth"]
-    _, _, postf, supports = find_map(prob, jax.random.key(0), n_starts=1, steps=1, progress=False)
+    _, _, postf, supports = _setup(prob, jax.random.key(0))
     ref_loss, ref_rmse, ref_s, ref_active = reference(case, prob, postf, supports, jax.random.key(0))
     print(f"reference (truth start, polished): -log p {ref_loss:.1f}, RMSE {ref_rmse:.2f} ms, {ref_s:.0f} s",
           flush=True)

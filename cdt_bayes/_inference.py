@@ -1378,7 +1378,7 @@ def posterior_ecg(
     act = activation.reshape(c * d, -1)
     g = np.asarray(draws["gain"]).reshape(-1)
     sh = np.asarray(draws["shift_ms"]).reshape(-1) if "shift_ms" in draws else np.zeros(c * d)
-    sig = np.asarray(draws["sigma_mV"]).reshape(-1)
+    sig = np.asarray(draws["sigma_mV"]).reshape(c * d, -1)  # (n, 1), or (n, n_leads): [noise] per_lead
     rho = np.asarray(draws["noise_rho"]).reshape(-1) if spec.likelihood == "ar1" else np.zeros(c * d)
     mu = _batched(lambda a, g, s: _ecg_batch(a, g, s, data), [act, g, sh], tuple(problem.obs.shape), batch)
     k_noise, k_base = jax.random.split(key)
@@ -1392,7 +1392,7 @@ def posterior_ecg(
         noise = np.asarray(jax.random.t(k_noise, spec.student_nu, mu.shape))
     elif spec.likelihood == "ar1":
         noise = np.asarray(ar1_noise(k_noise, mu.shape, jnp.asarray(rho)))
-    pp = mu + sig[:, None, None] * noise
+    pp = mu + sig[:, :, None] * noise
     out = mu.reshape((c, d) + mu.shape[1:]), pp.reshape((c, d) + pp.shape[1:])
     return (*out, coef) if return_baseline else out
 
@@ -1403,7 +1403,8 @@ def _baseline_batch(keys, mu, sigma, rho, obs, basis, tau, point: bool):
 
     def one(k, m, s, r):
         mean, chol = baseline_conditional(obs - m, s, tau, basis, r)
-        b = mean if point else mean + jax.random.normal(k, mean.shape, mean.dtype) @ chol.T
+        z = jax.random.normal(k, mean.shape, mean.dtype)
+        b = mean if point else mean + jnp.einsum("lpq,lq->lp", chol, z)
         return b, b @ basis.T
 
     return jax.vmap(one)(keys, mu, sigma, rho)

@@ -42,7 +42,9 @@ one ventricle's layer only (:func:`pmj_groups`).
 Sample sites: ``pmj_xyz_mm (n_pmj, 3)``, ``pmj_t_ms (n_pmj,)``, ``cv_scale`` (when
 velocities are inferred), ``gain``, ``shift_ms`` (only when ``shift_sd_ms > 0``: a common
 shift of all PMJ times is otherwise exactly confounded with it, a ridge that slows NUTS),
-``sigma_mV``, ``noise_rho`` (only with ``likelihood = "ar1"``: lag-one correlation of the
+``sigma_mV`` (``()``, or ``(n_leads,)`` with ``[noise] per_lead = true``: one noise sd per
+lead, for ECGs whose leads differ in noise or in how well the model can fit them),
+``noise_rho`` (only with ``likelihood = "ar1"``: lag-one correlation of the
 residual, which model error makes smooth in time) and the observed ``ecg (n_leads, n_times)``.
 Deterministic sites: ``activation_ms (n_nodes,)`` (the activation map, soft minimum) and
 ``ecg_model_mV (n_leads, n_times)`` (the noise-free model ECG, gain and shift applied), so
@@ -124,9 +126,13 @@ _SCHEMA: dict[str, dict[str, type | tuple]] = {
         "baseline": str,
         "baseline_rel_sd": float,
     },
-    "noise": {"ar1_rho_max": float},
+    "noise": {"ar1_rho_max": float, "per_lead": bool},
     "priors": {"gain_log_sd": float, "shift_sd_ms": float, "noise_rel_scale": float},
 }
+
+
+#: TOML ``(section, key)`` → :class:`ModelSpec` field, where the names differ.
+_FIELD = {("noise", "per_lead"): "noise_per_lead"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +162,7 @@ class ModelSpec:
     shift_sd_ms: float
     noise_rel_scale: float
     ar1_rho_max: float = 0.98
+    noise_per_lead: bool = False
     interpolation: str = "local_linear"
     split_ventricles: bool = False
     n_pmj_lv: int = -1
@@ -239,9 +246,12 @@ def load_spec(name_or_path: str | Path = "default", **overrides) -> ModelSpec:
                 val = float(val)
             if not isinstance(val, typ) or (typ is int and isinstance(val, bool)):
                 raise SpecError(f"{src}: [{sec}] {key} = {val!r} has the wrong type")
-            flat[key] = val
+            flat[_FIELD.get((sec, key), key)] = val
     # keys with a default (added after specs were shipped)
-    optional = {"source", "ar1_rho_max", "interpolation", "split_ventricles", "n_pmj_lv", "baseline", "baseline_rel_sd"}
+    optional = {
+        "source", "ar1_rho_max", "noise_per_lead", "interpolation", "split_ventricles", "n_pmj_lv", "baseline",
+        "baseline_rel_sd",
+    }
     missing = [f.name for f in dataclasses.fields(ModelSpec) if f.name not in flat and f.name not in optional]
     missing = [m for m in missing if m not in overrides]
     if missing:
@@ -483,7 +493,7 @@ class AR1Normal(dist.Distribution):
     Parameters
     ----------
     loc : (..., n_leads, n_times) mean, mV
-    scale : () marginal sd ``σ``, mV
+    scale : () or (n_leads,) marginal sd ``σ``, mV (one per lead: ``[noise] per_lead``)
     rho : () lag-one correlation, ``0 ≤ ρ < 1``
 
     Event shape ``(n_leads, n_times)``.
@@ -503,18 +513,28 @@ class AR1Normal(dist.Distribution):
     def sample(self, key, sample_shape=()):
         """Draws of shape ``sample_shape + batch_shape + (n_leads, n_times)``."""
         shape = sample_shape + self.batch_shape + self.event_shape
-        return self.loc + ar1_noise(key, shape, self.rho, self.scale)
+        return self.loc + ar1_noise(key, shape, self.rho) * lead_scale(self.scale, self.event_shape[0])[:, None]
 
     def log_prob(self, value):
         """Exact log density (the innovations form of the AR(1) likelihood)."""
         e = value - self.loc
-        s2 = self.scale**2
+        n_lead, n_t = self.event_shape
+        s2 = lead_scale(self.scale, n_lead) ** 2  # (n_leads,)
         inn_var = s2 * (1.0 - self.rho**2)
         innov = e[..., 1:] - self.rho * e[..., :-1]
-        n_lead, n_t = self.event_shape
-        lp0 = -0.5 * jnp.sum(e[..., 0] ** 2, -1) / s2 - 0.5 * n_lead * jnp.log(2 * jnp.pi * s2)
-        lp1 = -0.5 * jnp.sum(innov**2, (-2, -1)) / inn_var - 0.5 * n_lead * (n_t - 1) * jnp.log(2 * jnp.pi * inn_var)
+        lp0 = -0.5 * jnp.sum(e[..., 0] ** 2 / s2, -1) - 0.5 * jnp.sum(jnp.log(2 * jnp.pi * s2))
+        lp1 = -0.5 * jnp.sum(jnp.sum(innov**2, -1) / inn_var, -1) - 0.5 * (n_t - 1) * jnp.sum(
+            jnp.log(2 * jnp.pi * inn_var)
+        )
         return lp0 + lp1
+
+
+def lead_scale(scale, n_leads: int):
+    """A noise sd shared by all leads (``()``) or one per lead, as ``(n_leads,)``."""
+    scale = jnp.asarray(scale)
+    if scale.ndim > 1 or (scale.ndim == 1 and scale.shape[0] not in (1, n_leads)):
+        raise ValueError(f"noise scale has shape {scale.shape}: expected () or ({n_leads},)")
+    return jnp.broadcast_to(scale, (n_leads,))
 
 
 def ar1_noise(key, shape, rho, scale=1.0):
@@ -572,12 +592,17 @@ def _whiten(e, rho):
 
 
 def _baseline_terms(resid, scale, tau, basis, rho):
-    """Whitened residual ``u``, projections ``Gᵀu`` and the ``p × p`` posterior precision ``M``."""
-    v = scale**2 * (1.0 - rho**2)
+    """Whitened residual ``u``, projections ``Gᵀu``, per-lead precisions ``M`` and variances ``v``.
+
+    ``resid`` ``(..., n_leads, n_times)``; ``scale`` ``()`` or ``(n_leads,)``. Returns ``u``
+    like ``resid``, ``Gᵀu`` ``(..., n_leads, p)``, ``M`` ``(n_leads, p, p)`` (the posterior
+    precision of each lead's coefficients) and ``v`` ``(n_leads,)`` (innovation variances).
+    """
+    v = lead_scale(scale, resid.shape[-2]) ** 2 * (1.0 - rho**2)
     u = _whiten(resid, rho)
     g = _whiten(basis.T, rho).T  # (n_times, p)
     gtu = jnp.einsum("tp,...t->...p", g, u)
-    m = jnp.eye(basis.shape[1], dtype=u.dtype) / tau**2 + g.T @ g / v
+    m = jnp.eye(basis.shape[1], dtype=u.dtype) / tau**2 + (g.T @ g)[None] / v[:, None, None]
     return u, gtu, m, v
 
 
@@ -588,8 +613,8 @@ def baseline_conditional(resid, scale, tau, basis, rho=0.0):
     ----------
     resid : (..., n_leads, n_times) array
         ``observed − model ECG`` (without baseline), mV.
-    scale : float
-        Noise sd ``σ``, mV.
+    scale : float or (n_leads,) array
+        Noise sd ``σ``, mV (shared, or one per lead).
     tau : float
         Prior sd of each coefficient, mV.
     basis : (n_times, p) array
@@ -601,12 +626,12 @@ def baseline_conditional(resid, scale, tau, basis, rho=0.0):
     -------
     mean : (..., n_leads, p) array
         Posterior mean of the coefficients, mV.
-    chol : (p, p) array
-        Cholesky factor of their posterior covariance (the same for every lead), mV.
+    chol : (n_leads, p, p) array
+        Cholesky factor of each lead's posterior covariance, mV.
     """
     _, gtu, m, v = _baseline_terms(resid, scale, tau, basis, rho)
     cov = jnp.linalg.inv(m)
-    return jnp.einsum("pq,...q->...p", cov, gtu) / v, jnp.linalg.cholesky(cov)
+    return jnp.einsum("lpq,...lq->...lp", cov, gtu) / v[:, None], jnp.linalg.cholesky(cov)
 
 
 class BaselineNormal(dist.Distribution):
@@ -625,8 +650,8 @@ class BaselineNormal(dist.Distribution):
     ----------
     loc : (..., n_leads, n_times) array
         Mean without the baseline, mV.
-    scale : float
-        Noise sd ``σ``, mV.
+    scale : float or (n_leads,) array
+        Noise sd ``σ``, mV (shared, or one per lead).
     tau : float
         Prior sd of each baseline coefficient, mV.
     basis : (n_times, p) array
@@ -655,7 +680,7 @@ class BaselineNormal(dist.Distribution):
         k1, k2 = jax.random.split(key)
         shape = sample_shape + self.batch_shape + self.event_shape
         b = self.tau * jax.random.normal(k1, shape[:-1] + (self.basis.shape[1],), self.loc.dtype)
-        noise = ar1_noise(k2, shape, self.rho, self.scale)
+        noise = ar1_noise(k2, shape, self.rho) * lead_scale(self.scale, self.event_shape[0])[:, None]
         return self.loc + jnp.einsum("tp,...p->...t", self.basis, b) + noise
 
     def log_prob(self, value):
@@ -663,12 +688,13 @@ class BaselineNormal(dist.Distribution):
         u, gtu, m, v = _baseline_terms(value - self.loc, self.scale, self.tau, self.basis, self.rho)
         n_lead, n_t = self.event_shape
         p = self.basis.shape[1]
-        chol = jnp.linalg.cholesky(m)
-        w = jax.scipy.linalg.solve_triangular(chol, jnp.moveaxis(gtu, -1, 0), lower=True)  # (p, ..., n_leads)
-        quad = jnp.sum(u**2, (-2, -1)) / v - jnp.sum(w**2, (0, -1)) / v**2
-        logdet = n_t * jnp.log(v) + p * jnp.log(self.tau**2) + 2.0 * jnp.sum(jnp.log(jnp.diag(chol)))
+        chol = jnp.linalg.cholesky(m)  # (n_leads, p, p)
+        # w = L⁻¹ Gᵀu per lead; p ≤ 2, so the explicit inverse of the small factor is exact enough
+        w = jnp.einsum("lpq,...lq->...lp", jnp.linalg.inv(chol), gtu)
+        quad = jnp.sum(jnp.sum(u**2, -1) / v, -1) - jnp.sum(jnp.sum(w**2, -1) / v**2, -1)
+        logdet = n_t * jnp.log(v) + p * jnp.log(self.tau**2) + 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, 0, -2, -1)), -1)
         log_jac = 0.5 * n_lead * jnp.log(1.0 - self.rho**2)
-        return -0.5 * quad - 0.5 * n_lead * (logdet + n_t * jnp.log(2 * jnp.pi)) + log_jac
+        return -0.5 * quad - 0.5 * (jnp.sum(logdet) + n_lead * n_t * jnp.log(2 * jnp.pi)) + log_jac
 
 
 def baseline_sd(data: ModelData, spec: ModelSpec):
@@ -956,7 +982,12 @@ def cdt_model(data: ModelData, spec: ModelSpec, obs=None, temper=1.0, smooth_ms=
         shift = numpyro.sample("shift_ms", dist.Normal(0.0, spec.shift_sd_ms))
     else:  # PMJ times already absorb a (positive) offset of the QRS onset
         shift = 0.0
-    sigma = numpyro.sample("sigma_mV", dist.HalfNormal(data.noise_scale))
+    if spec.noise_per_lead:  # one noise sd per lead, the same prior for each
+        n_leads = data.lead.shape[0]
+        sigma = numpyro.sample("sigma_mV", dist.HalfNormal(data.noise_scale).expand([n_leads]).to_event(1))
+        sig = sigma[:, None]
+    else:
+        sigma = sig = numpyro.sample("sigma_mV", dist.HalfNormal(data.noise_scale))
     act = dictionary_activation(
         z, t, scale, data, spec.kernel_mm, spec.softmin_tau_ms, spec.cone_smoothing_ms, interpolation=spec.interpolation
     )
@@ -972,10 +1003,10 @@ def cdt_model(data: ModelData, spec: ModelSpec, obs=None, temper=1.0, smooth_ms=
         basis = baseline_basis(data.times, spec.baseline)
         like = BaselineNormal(mu, sigma, baseline_sd(data, spec), basis, 0.0 if rho is None else rho)
     elif spec.likelihood == "student_t":
-        like = dist.StudentT(spec.student_nu, mu, sigma).to_event(2)
+        like = dist.StudentT(spec.student_nu, mu, sig).to_event(2)
     elif spec.likelihood == "ar1":
         like = AR1Normal(mu, sigma, rho)
     else:
-        like = dist.Normal(mu, sigma).to_event(2)
+        like = dist.Normal(mu, sig).to_event(2)
     with numpyro.handlers.scale(scale=temper):
         numpyro.sample("ecg", like, obs=obs)

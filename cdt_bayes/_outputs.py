@@ -80,6 +80,8 @@ def to_inference_data(problem: FitProblem, result: FitResult, seed: int = 0, n_p
         "ecg_baseline_mV": ["lead", "baseline_term"],
     }
     post = {k: np.asarray(v) for k, v in result.draws.items()}
+    if post["sigma_mV"].ndim == 3:  # [noise] per_lead: one noise sd per lead
+        dims["sigma_mV"] = ["lead"]
     post["activation_ms"] = act
     post["ecg_model_mV"] = mu
     if baseline is not None:  # coefficients of the per-lead baseline (level, ramp), mV
@@ -152,6 +154,9 @@ def summarise(problem: FitProblem, result: FitResult, extras: dict) -> tuple[dic
         },
         "notes": list(result.notes),
     }
+    sig = np.asarray(result.draws["sigma_mV"])
+    if sig.ndim == 3:  # [noise] per_lead: the posterior mean noise sd of each lead, mV
+        summary["sigma_mV_per_lead"] = {n: float(v) for n, v in zip(problem.lead_names, sig.mean((0, 1)))}
     if result.optima:
         summary["map_optima"] = result.optima
     summary["map_search_rounds"] = int(result.search_rounds)

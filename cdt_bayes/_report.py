@@ -767,6 +767,12 @@ def _case_section(fit: FitData, summary_text: str) -> _Section:
         kind = "point estimate" if fit.is_point_estimate else "posterior mean"
         values = ", ".join(f"{k} = {_num(v):.3g}{unit.get(k, '')}" for k, v in pm.items())
         rows.append((f"global parameters ({kind})", values))
+    per_lead = s.get("sigma_mV_per_lead") or {}
+    if per_lead:
+        rows.append((
+            "noise sd per lead (" + ("point estimate" if fit.is_point_estimate else "posterior mean") + ")",
+            ", ".join(f"{k} {_num(v):.3g} mV" for k, v in per_lead.items()),
+        ))
     sec.blocks.append(("table", ("input", "value"), rows))
     sec.blocks.append(("h3", "Summary in plain language"))
     sec.blocks.append(("lead", summary_text))

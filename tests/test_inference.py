@@ -558,3 +558,56 @@ def test_a_lead_in_widens_the_pmj_time_prior():
     on = late.pmj_times["qrs_onset_ms"]
     assert late.pmj_times["extended"] and lead - 2 <= on <= lead + 10, late.pmj_times
     assert late.spec.t_max_ms == late.pmj_times["t_max_ms"] == spec.t_max_ms + on
+
+
+def test_per_lead_noise_sd_follows_each_lead(tmp_path):
+    """``[noise] per_lead``: on an ECG whose first three leads are 12x noisier, the fitted noise
+    sd of each lead tracks its own misfit (noise plus the fast path's model error; the shared
+    one cannot), the predictive bands widen on the noisy leads only, and summary.json,
+    posterior.nc and the report carry it per lead."""
+    from cdt_bayes._cli import main
+    from cdt_bayes._io import save_mesh_vtu, write_ecg_csv
+    from cdt_bayes._outputs import to_inference_data
+
+    mesh, el, t_act, tt, names, _, clean = synthetic()
+    amp = np.abs(clean).max()
+    sd = np.where(np.arange(len(names)) < 3, 0.12, 0.01) * amp
+    obs = clean + sd[:, None] * np.random.default_rng(11).normal(size=clean.shape)
+    small = dict(n_pmj=2, site_spacing_mm=3.0, kernel_mm=2.0, layer_depth_mm=3.5)
+    spec = load_spec("per_lead_noise", **small)
+    assert spec.noise_per_lead and not load_spec("default").noise_per_lead
+    prob = build_problem(mesh, tt, names, obs, el, spec, progress=False)
+    res = fit(prob, "svi", num_samples=40, svi_steps=200, n_starts=4, map_steps=300, progress=False)
+    sig = res.draws["sigma_mV"]
+    assert sig.shape == (1, 40, len(names))
+    ratio = sig.mean((0, 1))[:3] / sd[:3]
+    assert np.all((ratio > 0.6) & (ratio < 1.6)), ratio  # the noisy leads: their noise level
+    idata, ex = to_inference_data(prob, res, n_prior=4)
+    assert idata.posterior["sigma_mV"].dims == ("chain", "draw", "lead")
+    misfit = np.sqrt(np.mean((obs - ex["ecg_model"]) ** 2, axis=(0, 1, 3)))  # per lead, over the draws
+    fit_ratio = sig.mean((0, 1)) / misfit
+    assert np.all((fit_ratio > 0.7) & (fit_ratio < 1.4)), fit_ratio  # every lead: its own misfit
+    spread = (ex["ecg_pp"] - ex["ecg_model"]).std(axis=(0, 1, 3))
+    assert spread[:3].min() > 2.0 * spread[3:].max(), spread  # bands follow each lead's noise
+    # negative control: one shared sd sits between the two levels, wrong for both
+    shared = fit(build_problem(mesh, tt, names, obs, el, load_spec("default", **small), progress=False), "map",
+                 n_starts=4, map_steps=300, progress=False)
+    s0 = float(shared.draws["sigma_mV"].ravel()[0])
+    assert 1.2 * misfit[3:].max() < s0 < 0.8 * misfit[:3].min(), (s0, misfit)
+
+    # the CLI path: summary.json and the report name each lead's noise sd
+    save_mesh_vtu(tmp_path / "m.vtu", mesh)
+    write_ecg_csv(tmp_path / "ecg.csv", np.asarray(tt, float), names, obs)
+    (tmp_path / "el.csv").write_text("name,x_mm,y_mm,z_mm\n" + "".join(f"{k},{v[0]},{v[1]},{v[2]}\n" for k, v in el.items()))
+    spec_file = tmp_path / "s.toml"
+    spec_file.write_text('extends = "per_lead_noise"\n[pmj]\nsite_spacing_mm = 4.0\nkernel_mm = 2.5\nlayer_depth_mm = 3.5\n')
+    rc = main(["fit", "--mesh", str(tmp_path / "m.vtu"), "--ecg", str(tmp_path / "ecg.csv"), "--electrodes",
+               str(tmp_path / "el.csv"), "--out", str(tmp_path / "fit"), "--method", "map", "--n-pmj", "2",
+               "--spec", str(spec_file), "--qrs", "whole", "--no-progress"])
+    assert rc == 0
+    j = json.loads((tmp_path / "fit" / "summary.json").read_text())
+    assert list(j["sigma_mV_per_lead"]) == list(names)
+    per = np.array(list(j["sigma_mV_per_lead"].values()))
+    assert per[:3].min() > 2.0 * per[3:].max(), per
+    assert main(["report", str(tmp_path / "fit"), "--out", str(tmp_path / "r.html")]) == 0
+    assert "noise sd per lead" in (tmp_path / "r.html").read_text()

@@ -315,7 +315,8 @@ def test_baseline_likelihood_matches_dense_gaussian(kind, rho):
         mean_ref = np.linalg.solve(post_prec, basis.T @ prec @ (x - loc).T).T
         mean, chol = baseline_conditional(jnp.asarray(x - loc), sigma, tau, basis, rho)
         np.testing.assert_allclose(np.asarray(mean), mean_ref, rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(np.asarray(chol @ chol.T), np.linalg.inv(post_prec), rtol=1e-9, atol=1e-15)
+        assert chol.shape == (n_lead,) + post_prec.shape  # one factor per lead (here all equal)
+        np.testing.assert_allclose(np.asarray(chol[1] @ chol[1].T), np.linalg.inv(post_prec), rtol=1e-9, atol=1e-15)
         # negative control: without the baseline term the density of data with offsets is far lower
         plain = float(AR1Normal(jnp.asarray(loc), jnp.float64(sigma), jnp.float64(rho)).log_prob(jnp.asarray(x)))
     assert plain < dense - 10.0
@@ -333,12 +334,63 @@ def test_baseline_conditional_intervals_cover(rho):
     b = tau * jax.random.normal(k1, (n_rep, 1, 2))
     resid = jnp.einsum("tp,...p->...t", basis, b) + ar1_noise(k2, (n_rep, 1, n_t), rho, sigma)
     mean, chol = baseline_conditional(resid, sigma, tau, basis, rho)
-    sd = jnp.sqrt(jnp.diag(chol @ chol.T))
+    sd = jnp.sqrt(jnp.diag(chol[0] @ chol[0].T))
     z = np.asarray((b - mean) / sd)
     cover = np.mean(np.abs(z) < 1.6449, axis=(0, 1))
     # binomial sd of a coverage over 4,000 replicates: 0.0047
     np.testing.assert_allclose(cover, 0.9, atol=0.02)
     np.testing.assert_allclose(np.std(z, axis=(0, 1)), 1.0, atol=0.05)
+
+
+@pytest.mark.parametrize("baseline", ["none", "linear"])
+@pytest.mark.parametrize("rho", [0.0, 0.6])
+def test_per_lead_noise_sd_matches_dense_gaussian(baseline, rho):
+    """One noise sd per lead: the AR(1) and baseline likelihoods equal the dense multivariate
+    normal of each lead with its own σ_l, and the baseline's conditional posterior the dense
+    GLS one per lead; equal σ_l reproduce the shared-σ density exactly."""
+    from scipy.stats import multivariate_normal
+
+    from cdt_bayes._model import AR1Normal, BaselineNormal, baseline_basis, baseline_conditional
+
+    rng = np.random.default_rng(5)
+    n_lead, n_t, tau = 3, 30, 0.5
+    sig = np.array([0.1, 0.3, 0.6])
+    lag = np.abs(np.subtract.outer(np.arange(n_t), np.arange(n_t)))
+    with jax.enable_x64(True):
+        basis = np.asarray(baseline_basis(jnp.arange(n_t, dtype=jnp.float64), "linear"))
+        extra = tau**2 * basis @ basis.T if baseline != "none" else 0.0
+        loc = rng.normal(size=(n_lead, n_t))
+        x = loc + sig[:, None] * rng.normal(size=(n_lead, n_t)) + rng.normal(scale=0.3, size=(n_lead, 1))
+
+        def make(scale):
+            if baseline == "none":
+                return AR1Normal(jnp.asarray(loc), jnp.asarray(scale), jnp.float64(rho))
+            return BaselineNormal(jnp.asarray(loc), jnp.asarray(scale), jnp.float64(tau), basis, jnp.float64(rho))
+
+        dense = sum(
+            multivariate_normal(loc[i], sig[i] ** 2 * rho**lag + extra).logpdf(x[i]) for i in range(n_lead)
+        )
+        np.testing.assert_allclose(float(make(sig).log_prob(jnp.asarray(x))), dense, rtol=1e-10)
+        shared = float(make(np.float64(0.3)).log_prob(jnp.asarray(x)))
+        np.testing.assert_allclose(float(make(np.full(n_lead, 0.3)).log_prob(jnp.asarray(x))), shared, rtol=1e-12)
+        assert abs(shared - dense) > 10.0  # the per-lead sd matters here (negative control)
+        if baseline != "none":
+            mean, chol = baseline_conditional(jnp.asarray(x - loc), jnp.asarray(sig), tau, basis, rho)
+            for i in range(n_lead):
+                prec = np.linalg.inv(sig[i] ** 2 * rho**lag)
+                post_prec = np.eye(2) / tau**2 + basis.T @ prec @ basis
+                ref = np.linalg.solve(post_prec, basis.T @ prec @ (x[i] - loc[i]))
+                np.testing.assert_allclose(np.asarray(mean[i]), ref, rtol=1e-9, atol=1e-12)
+                np.testing.assert_allclose(np.asarray(chol[i] @ chol[i].T), np.linalg.inv(post_prec), rtol=1e-9, atol=1e-15)
+        # samples carry each lead's own sd
+        xs = np.asarray(make(sig).sample(jax.random.key(1), (3000,)))
+    resid = xs - loc
+    if baseline != "none":
+        resid = resid - np.einsum("tp,nlp->nlt", basis, np.einsum("tp,nlt->nlp", basis, resid) / n_t)
+    ratio = resid.std(axis=(0, 2)) / sig  # the projection removes the same share of every lead's noise
+    np.testing.assert_allclose(ratio / ratio.mean(), 1.0, atol=0.03)
+    if baseline == "none":
+        np.testing.assert_allclose(ratio, 1.0, atol=0.03)
 
 
 def test_baseline_samples_have_the_marginal_covariance():
