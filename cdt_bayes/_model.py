@@ -982,12 +982,10 @@ def cdt_model(data: ModelData, spec: ModelSpec, obs=None, temper=1.0, smooth_ms=
         shift = numpyro.sample("shift_ms", dist.Normal(0.0, spec.shift_sd_ms))
     else:  # PMJ times already absorb a (positive) offset of the QRS onset
         shift = 0.0
+    noise_prior = dist.HalfNormal(data.noise_scale)
     if spec.noise_per_lead:  # one noise sd per lead, the same prior for each
-        n_leads = data.lead.shape[0]
-        sigma = numpyro.sample("sigma_mV", dist.HalfNormal(data.noise_scale).expand([n_leads]).to_event(1))
-        sig = sigma[:, None]
-    else:
-        sigma = sig = numpyro.sample("sigma_mV", dist.HalfNormal(data.noise_scale))
+        noise_prior = noise_prior.expand([data.lead.shape[0]]).to_event(1)
+    sigma = numpyro.sample("sigma_mV", noise_prior)
     act = dictionary_activation(
         z, t, scale, data, spec.kernel_mm, spec.softmin_tau_ms, spec.cone_smoothing_ms, interpolation=spec.interpolation
     )
@@ -1003,10 +1001,10 @@ def cdt_model(data: ModelData, spec: ModelSpec, obs=None, temper=1.0, smooth_ms=
         basis = baseline_basis(data.times, spec.baseline)
         like = BaselineNormal(mu, sigma, baseline_sd(data, spec), basis, 0.0 if rho is None else rho)
     elif spec.likelihood == "student_t":
-        like = dist.StudentT(spec.student_nu, mu, sig).to_event(2)
+        like = dist.StudentT(spec.student_nu, mu, lead_scale(sigma, mu.shape[-2])[:, None]).to_event(2)
     elif spec.likelihood == "ar1":
         like = AR1Normal(mu, sigma, rho)
     else:
-        like = dist.Normal(mu, sig).to_event(2)
+        like = dist.Normal(mu, lead_scale(sigma, mu.shape[-2])[:, None]).to_event(2)
     with numpyro.handlers.scale(scale=temper):
         numpyro.sample("ecg", like, obs=obs)
