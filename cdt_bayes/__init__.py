@@ -30,6 +30,7 @@ from ._geometry import (
     boundary_faces,
     endo_distance,
     locate_points,
+    refine_mesh,
 )
 from ._inference import (
     FitProblem,
@@ -128,6 +129,7 @@ __all__ = [
     "read_electrodes_csv",
     "read_pmj_csv",
     "read_wfdb_ecg",
+    "refine_mesh",
     "rule_based_fibres",
     "save_mesh_vtu",
     "simulate_ecg",

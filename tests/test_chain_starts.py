@@ -77,3 +77,19 @@ def test_dispersed_starts_differ_and_stay_typical():
     # spread follows the Laplace scale / 4: sd 0.025 along x0, 0.25 along the others
     assert np.abs(xs[:, 0]).max() < 0.125 and np.abs(xs[:, 1:]).max() > 0.1
     assert np.std(xs[:, 1:]) > 3 * np.std(xs[:, 0])
+
+
+@pytest.mark.parametrize("batch", [1, 3, 64])
+def test_hessian_in_batches_matches_jax_hessian(batch):
+    from jax.flatten_util import ravel_pytree
+
+    from cdt_bayes._inference import _hessian_fn
+
+    def pot(u):  # non-quadratic, couples both sites
+        return jnp.sum(jnp.sin(u["a"]) * u["b"][0]) + jnp.sum(u["a"] ** 4) + jnp.exp(u["b"] @ u["b"])
+
+    u = {"a": jnp.array([0.3, -1.2, 0.7, 2.0]), "b": jnp.array([0.1, -0.4])}
+    flat, hess = _hessian_fn(pot, u, batch)
+    unravel = ravel_pytree(u)[1]
+    expect = jax.hessian(lambda f: pot(unravel(f)))(flat)
+    np.testing.assert_allclose(np.asarray(hess(flat)), np.asarray(expect), rtol=1e-5, atol=1e-5)

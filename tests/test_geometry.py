@@ -15,6 +15,7 @@ from cdt_bayes._geometry import (
     endo_distance_by_side,
     locate_points,
     points_to_triangles,
+    refine_mesh,
     tet_volumes,
 )
 
@@ -182,3 +183,58 @@ def test_check_points_inside():
         r"lies outside the mesh \(3 mm away",
     ):
         check_points_inside(m, bad, "pmj.csv")
+
+
+# --------------------------------------------------------------------------------------
+# Uniform refinement
+# --------------------------------------------------------------------------------------
+def _labelled_box():
+    nodes, tets = box_mesh((3, 2, 2), (3.0, 2.0, 2.0))
+    surf = box_surface_labels(nodes, 0, 0.0, LV_ENDO) + box_surface_labels(nodes, 0, 3.0, RV_ENDO)
+    rng = np.random.default_rng(0)
+    fib = rng.normal(size=(len(tets), 3))
+    fib /= np.linalg.norm(fib, axis=1, keepdims=True)
+    nf = rng.normal(size=(len(nodes), 3))
+    nf /= np.linalg.norm(nf, axis=1, keepdims=True)
+    return Mesh(nodes=nodes, tets=tets, fibres=fib, surface=surf, node_fibres=nf)
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_refine_mesh_fills_the_same_volume(levels):
+    m = _labelled_box()
+    r = refine_mesh(m, levels)
+    n_edges = len({tuple(sorted(e)) for t in m.tets for e in ((t[0], t[1]), (t[0], t[2]), (t[0], t[3]),
+                                                              (t[1], t[2]), (t[1], t[3]), (t[2], t[3]))})
+    if levels == 1:
+        assert r.n_nodes == m.n_nodes + n_edges
+    assert r.n_tets == 8**levels * m.n_tets
+    vol = tet_volumes(r.nodes, r.tets)
+    assert (vol > 0).all()
+    np.testing.assert_allclose(vol.sum(), 12.0)
+    # conforming: 4 boundary triangles per old one, and no duplicate nodes
+    assert len(boundary_faces(r.tets)) == 4**levels * len(boundary_faces(m.tets))
+    assert len(np.unique(np.round(r.nodes, 9), axis=0)) == r.n_nodes
+    # children keep their parent's fibre; old nodes keep label, position and point fibre
+    np.testing.assert_array_equal(r.fibres, np.repeat(m.fibres, 8**levels, axis=0))
+    np.testing.assert_array_equal(r.nodes[: m.n_nodes], m.nodes)
+    np.testing.assert_array_equal(r.surface[: m.n_nodes], m.surface)
+    np.testing.assert_allclose(np.linalg.norm(r.node_fibres, axis=1), 1.0, rtol=1e-6)
+
+
+def test_refine_mesh_labels_follow_the_surfaces():
+    m = _labelled_box()
+    r = refine_mesh(m, 1)
+    x = r.nodes[:, 0]
+    # every node on the x = 0 face is LV endo, every node on x = 3 RV endo, every other one 0
+    np.testing.assert_array_equal(r.surface == LV_ENDO, np.isclose(x, 0.0))
+    np.testing.assert_array_equal(r.surface == RV_ENDO, np.isclose(x, 3.0))
+    # the endocardial distance of the refined mesh is that of the box: x for the LV side
+    np.testing.assert_allclose(endo_distance(r, side="lv"), x, atol=1e-12)
+
+
+def test_refine_mesh_zero_levels_and_bad_levels():
+    m = _labelled_box()
+    assert refine_mesh(m, 0) is m
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match="levels"):
+            refine_mesh(m, bad)
