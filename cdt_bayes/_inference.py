@@ -1123,6 +1123,9 @@ class FitResult:
     chain_optimum: list | None = None  # NUTS: index (into ``optima``) of each chain's start
     search_rounds: int = 0  # basin-hopping rounds run after the multi-start MAP
     search_smooth_ms: float = 0.0  # width of the MAP search's misfit smoothing at its start, ms
+    #: wall seconds per stage: ``search`` (multi-start MAP and basin hops), then ``svi`` or
+    #: ``laplace`` (Hessians at the optima) and ``sampling`` (NUTS warm-up and draws)
+    stage_seconds: dict = dataclasses.field(default_factory=dict)
 
 
 def fit(
@@ -1226,6 +1229,7 @@ def fit(
         search_log=search_log,
         smooth_ms=float(search_smooth_ms),
     )
+    stage = {"search": time.time() - t0}
     notes: list[str] = []
     rounds_run = max(len(search_log) - 1, 0)
     if search_rounds > 0:
@@ -1251,8 +1255,12 @@ def fit(
         smp = post(jax.vmap(unravel)(flat_draws))
         draws = {k: np.asarray(v)[None] for k, v in smp.items() if k in LATENT_SITES}
         stats = {"elbo_loss": np.asarray(losses_svi)}
+        stage["svi"] = time.time() - t0 - stage["search"]
     else:
+        t_lap = time.time()
         log_ev, masses = laplace_optima(potential_fn, u, losses)
+        stage["laplace"] = time.time() - t_lap
+        t_nuts = time.time()
         weights = evidence_weights(log_ev)
         if chain_starts == "evidence":
             idx = allocate_chains(weights, chains)
@@ -1299,6 +1307,7 @@ def fit(
             max_tree_depth=max_tree_depth,
             chain_method=chain_method,
         )
+        stage["sampling"] = time.time() - t_nuts
         if plan_note:
             notes.append(plan_note)
         if truncated:
@@ -1331,6 +1340,7 @@ def fit(
         chain_optimum if method == "nuts" else None,
         rounds_run,
         float(search_smooth_ms),
+        {k: round(float(v), 3) for k, v in stage.items()},
     )
 
 

@@ -126,6 +126,7 @@ def summarise(problem: FitProblem, result: FitResult, extras: dict) -> tuple[dic
         "method": result.method,
         "n_pmj": problem.spec.n_pmj,
         "seconds": round(float(result.seconds), 2),
+        "stage_seconds": {k: round(float(v), 2) for k, v in result.stage_seconds.items()},
         "ecg_correlation": float(np.nanmean(r)),
         "ecg_correlation_per_lead": {ld: float(v) for ld, v in zip(problem.lead_names, r)},
         "leads": list(problem.lead_names),

@@ -130,6 +130,10 @@ def test_nuts_outputs_and_reproducibility(case, tmp_path):
               "max_rhat_within_optima", "chain_method"):
         assert k in j
     assert j == json.loads(json.dumps(summary, default=float))
+    # the stages' wall times: each positive, together no more than the whole fit
+    st = j["stage_seconds"]
+    assert set(st) == {"search", "laplace", "sampling"} and all(v > 0 for v in st.values())
+    assert sum(st.values()) <= j["seconds"] + 0.05
     m = meshio.read(tmp_path / "activation_summary.vtu")
     q05, q95 = m.point_data["activation_q05_ms"], m.point_data["activation_q95_ms"]
     assert np.all(q05 <= m.point_data["activation_mean_ms"] + 1e-6) and np.all(q95 >= q05)
