@@ -761,7 +761,13 @@ def _case_section(fit: FitData, summary_text: str) -> _Section:
         )
     if search:
         rows.append(("search for the best fit", "; ".join(search)))
-    rows.append(("run time", _fmt_seconds(_num(s.get("seconds")))))
+    run_time = _fmt_seconds(_num(s.get("seconds")))
+    stages = {k: _num(v) for k, v in (s.get("stage_seconds") or {}).items()}
+    names = {"search": "search for the best fit", "svi": "SVI", "laplace": "curvature at the optima",
+             "sampling": "NUTS sampling"}
+    if stages:
+        run_time += "; " + ", ".join(f"{names.get(k, k)} {v:.{0 if v >= 10 else 1}f} s" for k, v in stages.items())
+    rows.append(("run time", run_time))
     unit = {"cv_scale": "", "gain": "", "shift_ms": " ms", "sigma_mV": " mV"}
     if pm:
         kind = "point estimate" if fit.is_point_estimate else "posterior mean"

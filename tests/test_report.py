@@ -122,7 +122,7 @@ def make_fit_dir(
     summary = {
         "method": method,
         "n_pmj": 3,
-        "seconds": 12.5,
+        "seconds": 620.0,
         "ecg_correlation": float(np.nanmean(r)),
         "ecg_correlation_per_lead": {ld: float(v) for ld, v in zip(LEADS, r)},
         "leads": LEADS,
@@ -146,6 +146,7 @@ def make_fit_dir(
         "ecg_baseline": {"term": "linear", "source": "auto", "off_zero": True, "max_level_rel": 0.1},
         "map_search_rounds": 6,
         "map_search_smooth_ms": 4.0,
+        "stage_seconds": {"search": 95.0, "laplace": 5.2, "sampling": 519.0},
     }
     pd = {
         "activation_mean_ms": node["mean"],
@@ -281,6 +282,7 @@ def test_html_has_sections_lights_and_numbers(nuts_report):
     assert "Summary in plain language" in text
     assert "a level and a ramp per lead (chosen from the ECG: it starts or ends off zero)" in text
     assert "6 rounds of basin hopping" in text and "smoothed over ~4 ms" in text
+    assert "620 s (10.3 min); search for the best fit 95 s, curvature at the optima 5.2 s, NUTS sampling 519 s" in text
     assert "Not a diagnosis" in text and "research" in text
     for name in P.AHA_NAMES:  # the 17-segment table
         assert f"<td>{name}</td>" in text
