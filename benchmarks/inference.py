@@ -82,6 +82,19 @@ def benchmark_truth() -> dict:
                 lead_names=list(lf.names), times=tt, ecg=ecg, noise_sd=noise_sd, noisy=noisy)
 
 
+def gradient_ms(prob, repeat: int) -> float:
+    """Median milliseconds of one log-density value + gradient of ``prob`` (after compiling)."""
+    z, pot, _, _ = _setup(prob, jax.random.key(0))
+    vg = jax.jit(jax.value_and_grad(pot))
+    jax.block_until_ready(vg(z))
+    ts = []
+    for _ in range(repeat):
+        a = time.perf_counter()
+        jax.block_until_ready(vg(z))
+        ts.append(time.perf_counter() - a)
+    return 1e3 * float(np.median(ts))
+
+
 def case_problem(case: dict, spec):
     """``(problem, seconds)``: the fit problem of :func:`benchmark_truth`'s noisy ECG under ``spec``."""
     t0 = time.time()
@@ -118,15 +131,7 @@ def main(argv=None) -> int:
     mesh, truth, tt, ecg, prob, t_dict = default_case(args.spec, args.n_pmj)
     spec = prob.spec
 
-    z, pot, _, _ = _setup(prob, jax.random.key(0))
-    vg = jax.jit(jax.value_and_grad(pot))
-    jax.block_until_ready(vg(z))
-    ts = []
-    for _ in range(30):
-        a = time.perf_counter()
-        jax.block_until_ready(vg(z))
-        ts.append(time.perf_counter() - a)
-    grad_ms = 1e3 * float(np.median(ts))
+    grad_ms = gradient_ms(prob, 30)
 
     rows = []
     per_chain: list[str] = []

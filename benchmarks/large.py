@@ -40,13 +40,13 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inference import _cpu, emit, markdown_table  # noqa: E402
+from inference import _cpu, emit, gradient_ms, markdown_table  # noqa: E402
 
 from cdt_bayes._demo import demo_pmjs  # noqa: E402
 from cdt_bayes._ecg import LeadField, ecg_time_grid, simulate_ecg  # noqa: E402
 from cdt_bayes._eikonal import activation_times, eikonal_geometry  # noqa: E402
 from cdt_bayes._geometry import refine_mesh  # noqa: E402
-from cdt_bayes._inference import _setup, build_problem, fit, posterior_activation  # noqa: E402
+from cdt_bayes._inference import build_problem, fit, posterior_activation  # noqa: E402
 from cdt_bayes._meshgen import default_electrodes_table, default_mesh  # noqa: E402
 from cdt_bayes._model import load_spec  # noqa: E402
 
@@ -145,15 +145,7 @@ def main(argv=None) -> int:
         stages, "problem_s", build_problem, mesh, case["times"], list(case["lead_field"].names), case["noisy"],
         case["electrodes"], spec, lead_field=case["lead_field"], progress=True, inference_mesh=setting,
     )
-    z, pot, _, _ = _setup(prob, jax.random.key(0))
-    vg = jax.jit(jax.value_and_grad(pot))
-    jax.block_until_ready(vg(z))
-    ts = []
-    for _ in range(10):
-        a = time.perf_counter()
-        jax.block_until_ready(vg(z))
-        ts.append(time.perf_counter() - a)
-    grad_ms = 1e3 * float(np.median(ts))
+    grad_ms = gradient_ms(prob, 10)
     print(f"log-density value+gradient: {grad_ms:.1f} ms", flush=True)
 
     rows = []
