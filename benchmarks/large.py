@@ -49,6 +49,7 @@ from cdt_bayes._geometry import refine_mesh  # noqa: E402
 from cdt_bayes._inference import build_problem, fit, posterior_activation  # noqa: E402
 from cdt_bayes._meshgen import default_electrodes_table, default_mesh  # noqa: E402
 from cdt_bayes._model import load_spec  # noqa: E402
+from cdt_bayes._outputs import cache_dir  # noqa: E402
 
 
 def _timed(stages: dict, name: str, f, *a, **kw):
@@ -132,6 +133,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-starts", type=int, default=None, help="MAP starts (default: fit's)")
     ap.add_argument("--map-steps", type=int, default=400, help="Adam steps per MAP start")
     ap.add_argument("--inference-mesh", default="auto", help="'auto', 'full' or a spacing in mm")
+    ap.add_argument("--no-cache", action="store_true", help="rebuild the distance dictionary (else cached per mesh)")
     ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
     args = ap.parse_args(argv)
 
@@ -144,6 +146,7 @@ def main(argv=None) -> int:
     prob = _timed(
         stages, "problem_s", build_problem, mesh, case["times"], list(case["lead_field"].names), case["noisy"],
         case["electrodes"], spec, lead_field=case["lead_field"], progress=True, inference_mesh=setting,
+        cache_dir=None if args.no_cache else cache_dir(),
     )
     grad_ms = gradient_ms(prob, 10)
     print(f"log-density value+gradient: {grad_ms:.1f} ms", flush=True)

@@ -16,7 +16,7 @@ def test_large_benchmark_runs_and_reports(tmp_path):
     out = tmp_path / "RESULTS.md"
     argv = ["--levels", "1", "--n-pmj", "3", "--methods", "map,nuts", "--chains", "1", "--warmup", "4",
             "--samples", "6", "--n-starts", "2", "--map-steps", "100", "--search-rounds", "0",
-            "--inference-mesh", "6", "--nuts-budget", "600", "--out", str(out)]
+            "--inference-mesh", "6", "--nuts-budget", "600", "--no-cache", "--out", str(out)]
     assert large.main(argv) == 0
     text = out.read_text()
     assert "## Large-case benchmark" in text
