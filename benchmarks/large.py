@@ -45,6 +45,7 @@ from inference import _cpu, emit, gradient_ms, markdown_table  # noqa: E402
 from cdt_bayes._demo import demo_pmjs  # noqa: E402
 from cdt_bayes._ecg import LeadField, ecg_time_grid, simulate_ecg  # noqa: E402
 from cdt_bayes._eikonal import activation_times, eikonal_geometry  # noqa: E402
+from cdt_bayes._errors import CdtBayesError  # noqa: E402
 from cdt_bayes._geometry import refine_mesh  # noqa: E402
 from cdt_bayes._inference import build_problem, fit, posterior_activation  # noqa: E402
 from cdt_bayes._meshgen import default_electrodes_table, default_mesh  # noqa: E402
@@ -83,7 +84,11 @@ def fit_row(prob, case: dict, method: str, args) -> dict:
         kw["search_rounds"] = args.search_rounds
     if method == "nuts" and args.nuts_budget:
         kw["time_budget_s"] = args.nuts_budget
-    res = fit(prob, method, **kw)
+    t0 = time.time()
+    try:
+        res = fit(prob, method, **kw)
+    except CdtBayesError as e:  # e.g. a budget spent before the first draw: a row that says so
+        return {"method": method, "seconds": round(time.time() - t0, 1), "draws": "0", "notes": str(e)}
     act = prob.to_output_nodes(posterior_activation(prob, res.draws))  # (chain, draw, n_nodes)
     flat = act.reshape(-1, act.shape[-1])
     truth = case["truth"]
