@@ -167,8 +167,8 @@ def refine_mesh(mesh: Mesh, levels: int = 1) -> Mesh:
     """Uniform (red) refinement: every tet split into 8 by its edge midpoints.
 
     Each level adds one node per edge and multiplies the tets by 8, halving the edge
-    length ``h``: the built-in coarse heart (5,097 nodes) has ~29k nodes after one level
-    and ~205k after two. The geometry is unchanged (children fill their parent exactly),
+    length ``h``: the built-in coarse heart (5,097 nodes) has 32,838 nodes after one level
+    and 230,267 after two. The geometry is unchanged (children fill their parent exactly),
     so the refined mesh is for convergence studies of the solvers and for benchmarks at
     patient-mesh sizes.
 

@@ -1126,6 +1126,9 @@ class FitResult:
     #: wall seconds per stage: ``search`` (multi-start MAP and basin hops), then ``svi`` or
     #: ``laplace`` (Hessians at the optima) and ``sampling`` (NUTS warm-up and draws)
     stage_seconds: dict = dataclasses.field(default_factory=dict)
+    #: NUTS: ``seconds, chain_steps, iterations`` over the compiled chunks (compilation left
+    #: out): the sampler's rate, e.g. to extrapolate a run that a time budget cut short
+    nuts_throughput: dict | None = None
 
 
 def fit(
@@ -1241,6 +1244,7 @@ def fit(
     optima: list[dict] = []
     post = _memo(postprocess_fn, ("vmap",), lambda: jax.jit(jax.vmap(postprocess_fn)))
     stats = None
+    throughput = None
     if method == "map":
         best = jax.tree.map(lambda x: x[:1], u)
         draws = jax.tree.map(lambda x: np.asarray(x)[None], post(best))
@@ -1302,7 +1306,7 @@ def fit(
                 "from each optimum's Laplace approximation (sd / 4)"
                 + (f"; the others hold a negligible share (log evidence at least {min(gap):.0f} below)" if gap else "")
             )
-        all_z, all_stats, truncated, plan_note, _ = _nuts_chains(
+        all_z, all_stats, truncated, plan_note, throughput = _nuts_chains(
             potential_fn, starts, inv_masses, keys, num_warmup, num_samples, ckdir, deadline, progress,
             max_tree_depth=max_tree_depth,
             chain_method=chain_method,
@@ -1341,6 +1345,7 @@ def fit(
         rounds_run,
         float(search_smooth_ms),
         {k: round(float(v), 3) for k, v in stage.items()},
+        throughput,
     )
 
 
