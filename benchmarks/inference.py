@@ -55,6 +55,18 @@ def emit(text: str, out: str) -> None:
         fh.write(text)
 
 
+def results_block(title: str, script: str, argv, case: str, rows: list[dict], cols: list[str]) -> str:
+    """A RESULTS.md block: heading with the UTC time, command, machine, ``case`` line, table."""
+    cmd = f"python benchmarks/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M")
+    return (
+        f"\n## {title} — {now}\n\nCommand: `{cmd.strip()}`  \n"
+        f"Machine: {_cpu()}, {os.cpu_count()} logical CPUs, {platform.python_version()}, "
+        f"jax {jax.__version__}, device {jax.devices()[0].platform}  \n"
+        f"{case}\n\n" + markdown_table(rows, cols)
+    )
+
+
 def markdown_table(rows: list[dict], cols: list[str]) -> str:
     """Rows of dicts as a Markdown table (missing values left blank)."""
     out = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"

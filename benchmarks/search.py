@@ -21,9 +21,6 @@ optimum that fire first at some node). Appends the table to RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,7 +31,7 @@ import numpy as np
 from numpyro.infer.util import unconstrain_fn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inference import _cpu, benchmark_truth, case_problem, emit, markdown_table  # noqa: E402
+from inference import benchmark_truth, case_problem, emit, results_block  # noqa: E402
 
 from cdt_bayes._inference import (  # noqa: E402
     LATENT_SITES,
@@ -75,7 +72,11 @@ def _active_pmjs(prob, draws: dict, i: int = 0) -> int:
 
 
 def reference(case, prob, postf, supports, key):
-    """The truth as a start, polished by Adam at β = 1: ``(neg_log_p, rmse_ms, seconds)``."""
+    """The truth as a start, polished by Adam at β = 1.
+
+    Returns ``(neg_log_p, rmse_ms, seconds, active_pmjs, u)``; ``u`` is the polished point
+    (unconstrained, leading dimension 1).
+    """
     t0 = time.time()
     spec = prob.spec
     xyz, tt = np.asarray(case["pmj_xyz"]), np.asarray(case["pmj_t"])
@@ -115,7 +116,7 @@ def reference(case, prob, postf, supports, key):
         u, loss, _ = _adam_program(u_fn, steps, 1e-6, 1.0)(u, rates, jnp.float32(0.0))
     act = _activation(prob, postf, u)[0]
     rmse = float(np.sqrt(np.mean((act - case["truth"]) ** 2)))
-    return float(np.asarray(loss)[0]), rmse, time.time() - t0, _active_pmjs(prob, _constrained(postf, u))
+    return float(np.asarray(loss)[0]), rmse, time.time() - t0, _active_pmjs(prob, _constrained(postf, u)), u
 
 
 def main(argv=None) -> int:
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
     prob, _ = case_problem(case, load_spec("default", n_pmj=args.n_pmj))
     truth = case["truth"]
     _, _, postf, supports = _setup(prob, jax.random.key(0))
-    ref_loss, ref_rmse, ref_s, ref_active = reference(case, prob, postf, supports, jax.random.key(0))
+    ref_loss, ref_rmse, ref_s, ref_active, _ = reference(case, prob, postf, supports, jax.random.key(0))
     print(f"reference (truth start, polished): -log p {ref_loss:.1f}, RMSE {ref_rmse:.2f} ms, {ref_s:.0f} s",
           flush=True)
 
@@ -157,18 +158,13 @@ def main(argv=None) -> int:
                 print(row, flush=True)
     cols = ["smooth_ms", "rounds", "seed", "seconds", "best_neg_log_p", "gap_nats", "rmse_best_ms",
             "rmse_mean_ms", "active_pmjs"]
-    cmd = "python benchmarks/search.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M")
-    head = (
-        f"\n## MAP search — {now}\n\nCommand: `{cmd.strip()}`  \n"
-        f"Machine: {_cpu()}, {os.cpu_count()} logical CPUs, {platform.python_version()}, "
-        f"jax {jax.__version__}, device {jax.devices()[0].platform}  \n"
+    case_text = (
         f"Case: the inference benchmark's (8 true PMJs, K = {args.n_pmj}); search {args.n_starts} starts x "
         f"{args.steps} Adam steps, then `rounds` basin-hopping rounds.  \n"
         f"Reference, the truth as a start polished by Adam: **−log p {ref_loss:.1f}**, RMSE {ref_rmse:.2f} ms, "
-        f"{ref_active} active PMJs.\n\n"
+        f"{ref_active} active PMJs."
     )
-    emit(head + markdown_table(rows, cols), args.out)
+    emit(results_block("MAP search", "search.py", argv, case_text, rows, cols), args.out)
     return 0
 
 

@@ -54,6 +54,7 @@ from ._model import (
     distance_dictionary,
     model_ecg,
     node_metric,
+    pmj_arrival,
     pmj_groups,
     select_sites,
     straight_travel_time,
@@ -1392,6 +1393,41 @@ def posterior_activation(problem: FitProblem, draws: dict, exact_min: bool = Fal
 
     out = _batched(f, [z, t, s], (data.dist.shape[1],), batch)
     return out.reshape(c, d, -1)
+
+
+@functools.partial(jax.jit, static_argnames=("kernel_mm", "cone_ms", "interpolation"))
+def _owner_batch(z, t, s, data: ModelData, kernel_mm: float, cone_ms: float, interpolation: str):
+    """Index of the PMJ whose wave reaches each node first, for a batch of draws ``(batch, n_nodes)``."""
+    return jax.vmap(
+        lambda z, t, s: jnp.argmin(pmj_arrival(z, t, s, data, kernel_mm, cone_ms, interpolation=interpolation), 0)
+    )(z, t, s)
+
+
+def active_pmjs(problem: FitProblem, draws: dict, max_draws: int = 200, seed: int = 0) -> np.ndarray:
+    """PMJs that activate at least one node, per draw: ``(n,)`` counts over ≤ ``max_draws`` draws.
+
+    A PMJ whose wave arrives everywhere after another's (its initiation time later than the
+    activation at its own site) shapes nothing: it is *dormant*. The number of PMJs that are
+    the earliest source at some node (exact minimum) says how many the data use of the
+    model's ``n_pmj``; it does not depend on the PMJs' order, so it is a valid posterior
+    summary under label switching. Draws are thinned at random (``seed``) to ``max_draws``.
+    """
+    spec, data = problem.spec, problem.data
+    z = np.asarray(draws["pmj_xyz_mm"])
+    c, d = z.shape[:2]
+    z = z.reshape(c * d, -1, 3)
+    t = np.asarray(draws["pmj_t_ms"]).reshape(c * d, -1)
+    s = np.asarray(draws["cv_scale"]).reshape(-1) if "cv_scale" in draws else np.ones(c * d, z.dtype)
+    if c * d > max_draws:
+        pick = np.sort(np.random.default_rng(seed).choice(c * d, max_draws, replace=False))
+        z, t, s = z[pick], t[pick], s[pick]
+
+    def f(z, t, s):
+        return _owner_batch(z, t, s, data, float(spec.kernel_mm), float(spec.cone_smoothing_ms), spec.interpolation)
+
+    owner = _batched(f, [z, t, s], (data.dist.shape[1],), 16).astype(np.int64)
+    k = z.shape[1]
+    return np.array([np.count_nonzero(np.bincount(o, minlength=k)) for o in owner])
 
 
 def posterior_ecg(

@@ -890,6 +890,28 @@ def dictionary_activation(
     Cost per call: ``n_pmj × neighbours × n_nodes`` for the residual plus ``n_pmj × n_nodes``
     for the cone and the soft minimum — independent of the number of sites.
     """
+    arrival = pmj_arrival(z, t, scale, data, kernel_mm, cone_ms, neighbours, interpolation)
+    if tau_ms is None:
+        return arrival.min(0)
+    return -tau_ms * jax.nn.logsumexp(-arrival / tau_ms, axis=0)
+
+
+def pmj_arrival(
+    z,
+    t,
+    scale,
+    data: ModelData,
+    kernel_mm: float,
+    cone_ms: float = 0.0,
+    neighbours: int | None = KERNEL_NEIGHBOURS,
+    interpolation: str = "local_linear",
+):
+    """Arrival time of each PMJ's wave at every node, ``(n_pmj, n_nodes)`` ms.
+
+    The activation map is its minimum over PMJs (soft or exact, :func:`dictionary_activation`);
+    the PMJ at which the minimum is reached is the one that activates the node. Arguments as
+    for :func:`dictionary_activation`.
+    """
     w, idx = kernel_weights(z, data.sites, kernel_mm, neighbours)
     metric = jnp.einsum("km,kmij->kij", w, data.site_metric[idx])
     if interpolation == "local_linear":
@@ -900,10 +922,7 @@ def dictionary_activation(
         raise ValueError(f"interpolation must be 'local_linear' or 'local_constant', not {interpolation!r}")
     resid = jnp.einsum("km,kmn->kn", wr, data.dist[idx])
     travel = straight_travel_time(z, metric, data.nodes, cone_ms) + resid
-    arrival = t[:, None] + travel / scale  # (n_pmj, n_nodes)
-    if tau_ms is None:
-        return arrival.min(0)
-    return -tau_ms * jax.nn.logsumexp(-arrival / tau_ms, axis=0)
+    return t[:, None] + travel / scale
 
 
 def node_metric(mesh: Mesh, cv_fiber: float, cv_cross: float) -> np.ndarray:

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from . import _summaries as S
-from ._inference import FitProblem, FitResult, fit, posterior_activation, posterior_ecg
+from ._inference import FitProblem, FitResult, active_pmjs, fit, posterior_activation, posterior_ecg
 
 __all__ = ["to_inference_data", "write_fit_outputs", "prior_activation", "run_fit_cli", "cache_dir"]
 
@@ -122,6 +122,8 @@ def summarise(problem: FitProblem, result: FitResult, extras: dict) -> tuple[dic
     bands["mean"] = mean_model  # posterior mean of the noise-free ECG (= predictive mean)
     r = S.ecg_correlation(problem.obs, mean_model)
     modes = S.activation_modes(act)
+    n_active = active_pmjs(problem, result.draws)
+    n_pmj = problem.spec.n_pmj
     summary = {
         "method": result.method,
         "n_pmj": problem.spec.n_pmj,
@@ -149,12 +151,25 @@ def summarise(problem: FitProblem, result: FitResult, extras: dict) -> tuple[dic
             "n_modes_effective": modes["n_effective"],
             "mode_weights": [float(w) for w in modes["weights"][:10]],
             "total_activation_ms": ident["total_activation_ms"],
+            "active_pmjs": {
+                "median": float(np.median(n_active)),
+                "q05": float(np.quantile(n_active, 0.05)),
+                "q95": float(np.quantile(n_active, 0.95)),
+                "of": int(n_pmj),
+            },
         },
         "posterior_means": {
             k: float(np.mean(v)) for k, v in result.draws.items() if np.asarray(v).ndim == 2
         },
         "notes": list(result.notes),
     }
+    if n_pmj > 1 and np.median(n_active) <= 0.75 * n_pmj:
+        summary["notes"].append(
+            f"the posterior activates the heart from about {np.median(n_active):.0f} of the {n_pmj} PMJs "
+            f"(90 % of draws: {np.quantile(n_active, 0.05):.0f}-{np.quantile(n_active, 0.95):.0f}); the others "
+            "fire after the wave has reached them (dormant) and shape nothing; they are free to roam the "
+            "layer, which makes NUTS trees long"
+        )
     sig = np.asarray(result.draws["sigma_mV"])
     if sig.ndim == 3:  # [noise] per_lead: the posterior mean noise sd of each lead, mV
         summary["sigma_mV_per_lead"] = {n: float(v) for n, v in zip(problem.lead_names, sig.mean((0, 1)))}

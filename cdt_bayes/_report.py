@@ -1168,6 +1168,15 @@ def _ident_section(fit: FitData, faces) -> _Section:
                 + _fmt(_num(ident.get("n_modes_effective")), "{:.1f}"),
             ),
         ]
+        act_pmj = ident.get("active_pmjs")
+        if isinstance(act_pmj, dict):  # older fits have none
+            rows.append(
+                (
+                    "PMJs that activate some tissue (median, 90% of draws)",
+                    f"{_fmt(_num(act_pmj.get('median')), '{:.0f}')} of {act_pmj.get('of', '?')} "
+                    f"({_fmt(_num(act_pmj.get('q05')), '{:.0f}')}–{_fmt(_num(act_pmj.get('q95')), '{:.0f}')})",
+                )
+            )
         sec.blocks.append(("table", ("measure", "value"), rows))
     return sec
 

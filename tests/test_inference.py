@@ -11,8 +11,8 @@ import pytest
 from inference_case import synthetic
 
 from cdt_bayes._errors import CdtBayesError
-from cdt_bayes._inference import _setup, build_problem, find_map, fit
-from cdt_bayes._model import dictionary_activation, load_spec
+from cdt_bayes._inference import _setup, active_pmjs, build_problem, find_map, fit
+from cdt_bayes._model import dictionary_activation, load_spec, pmj_arrival
 from cdt_bayes._outputs import write_fit_outputs
 from cdt_bayes._summaries import ecg_correlation
 
@@ -134,6 +134,8 @@ def test_nuts_outputs_and_reproducibility(case, tmp_path):
     st = j["stage_seconds"]
     assert set(st) == {"search", "laplace", "sampling"} and all(v > 0 for v in st.values())
     assert sum(st.values()) <= j["seconds"] + 0.05
+    ap = j["identifiability"]["active_pmjs"]
+    assert ap["of"] == 2 and 1 <= ap["q05"] <= ap["median"] <= ap["q95"] <= 2
     m = meshio.read(tmp_path / "activation_summary.vtu")
     q05, q95 = m.point_data["activation_q05_ms"], m.point_data["activation_q95_ms"]
     assert np.all(q05 <= m.point_data["activation_mean_ms"] + 1e-6) and np.all(q95 >= q05)
@@ -615,3 +617,29 @@ def test_per_lead_noise_sd_follows_each_lead(tmp_path):
     assert per[:3].min() > 2.0 * per[3:].max(), per
     assert main(["report", str(tmp_path / "fit"), "--out", str(tmp_path / "r.html")]) == 0
     assert "noise sd per lead" in (tmp_path / "r.html").read_text()
+
+
+def test_active_pmjs_counts_the_pmjs_that_shape_the_map(case):
+    prob, _, _ = case
+    data, spec = prob.data, prob.spec
+    sites = np.asarray(data.sites)
+    a, b = sites[0], sites[np.argmax(((sites - sites[0]) ** 2).sum(1))]  # far apart on the layer
+    z = np.array([[a, b], [a, a + 0.1], [a, b]], np.float32)  # 3 draws of 2 PMJs
+    t = np.array([[0.0, 0.0], [0.0, 5.0], [0.0, 200.0]], np.float32)
+    draws = {"pmj_xyz_mm": z[None], "pmj_t_ms": t[None], "cv_scale": np.ones((1, 3), np.float32)}
+    # both fire; the second fires 5 ms after the first's wave passes its site (dormant); the
+    # second is so late that the first's wave has reached everywhere
+    far = float(np.max(dictionary_activation(jnp.asarray(z[0, :1]), jnp.asarray(t[0, :1]), 1.0, data,
+                                             spec.kernel_mm, None)))
+    assert far < 200.0
+    np.testing.assert_array_equal(active_pmjs(prob, draws), [2, 1, 1])
+    # the activation map is the minimum of the PMJs' arrival times
+    arr = pmj_arrival(jnp.asarray(z[0]), jnp.asarray(t[0]), 1.0, data, spec.kernel_mm)
+    np.testing.assert_allclose(np.asarray(arr).min(0),
+                               dictionary_activation(jnp.asarray(z[0]), jnp.asarray(t[0]), 1.0, data,
+                                                     spec.kernel_mm, None), rtol=1e-6)
+    # thinned to max_draws at random, reproducibly
+    many = {k: np.repeat(v, 10, axis=1) for k, v in draws.items()}
+    n = active_pmjs(prob, many, max_draws=7, seed=1)
+    assert n.shape == (7,) and set(n) <= {1, 2}
+    np.testing.assert_array_equal(n, active_pmjs(prob, many, max_draws=7, seed=1))

@@ -140,6 +140,7 @@ def make_fit_dir(
             "n_modes_effective": modes["n_effective"],
             "mode_weights": [float(w) for w in modes["weights"][:10]],
             "total_activation_ms": ident["total_activation_ms"],
+            "active_pmjs": {"median": 2.0, "q05": 1.0, "q95": 3.0, "of": 3},
         },
         "posterior_means": {"cv_scale": 1.1, "gain": 0.9, "shift_ms": 0.5, "sigma_mV": 0.02},
         "notes": [],
@@ -284,6 +285,7 @@ def test_html_has_sections_lights_and_numbers(nuts_report):
     assert "6 rounds of basin hopping" in text and "smoothed over ~4 ms" in text
     assert "620 s (10.3 min); search for the best fit 95 s, curvature at the optima 5.2 s, NUTS sampling 519 s" in text
     assert "Not a diagnosis" in text and "research" in text
+    assert "PMJs that activate some tissue (median, 90% of draws)" in text and "2 of 3 (1–3)" in text
     for name in P.AHA_NAMES:  # the 17-segment table
         assert f"<td>{name}</td>" in text
 
