@@ -1377,14 +1377,23 @@ def _batched(f, arrays, out_shape, batch: int) -> np.ndarray:
     return out
 
 
-def posterior_activation(problem: FitProblem, draws: dict, exact_min: bool = False, batch: int = 64) -> np.ndarray:
-    """Activation maps ``(chain, draw, n_nodes)`` ms for every draw (chunked vmap)."""
-    spec, data = problem.spec, problem.data
+def _flat_pmj_draws(draws: dict):
+    """The draws' PMJs flattened over chains: ``(c, d, z, t, s)``.
+
+    ``c`` chains, ``d`` draws per chain; positions ``z`` ``(c d, K, 3)`` mm, times ``t``
+    ``(c d, K)`` ms and velocity factors ``s`` ``(c d,)`` (1 when not inferred).
+    """
     z = np.asarray(draws["pmj_xyz_mm"])
     c, d = z.shape[:2]
     t = np.asarray(draws["pmj_t_ms"]).reshape(c * d, -1)
     s = np.asarray(draws["cv_scale"]).reshape(-1) if "cv_scale" in draws else np.ones(c * d, z.dtype)
-    z = z.reshape(c * d, -1, 3)
+    return c, d, z.reshape(c * d, -1, 3), t, s
+
+
+def posterior_activation(problem: FitProblem, draws: dict, exact_min: bool = False, batch: int = 64) -> np.ndarray:
+    """Activation maps ``(chain, draw, n_nodes)`` ms for every draw (chunked vmap)."""
+    spec, data = problem.spec, problem.data
+    c, d, z, t, s = _flat_pmj_draws(draws)
     tau = None if exact_min else float(spec.softmin_tau_ms)
     cone = 0.0 if exact_min else float(spec.cone_smoothing_ms)
 
@@ -1413,11 +1422,7 @@ def active_pmjs(problem: FitProblem, draws: dict, max_draws: int = 200, seed: in
     summary under label switching. Draws are thinned at random (``seed``) to ``max_draws``.
     """
     spec, data = problem.spec, problem.data
-    z = np.asarray(draws["pmj_xyz_mm"])
-    c, d = z.shape[:2]
-    z = z.reshape(c * d, -1, 3)
-    t = np.asarray(draws["pmj_t_ms"]).reshape(c * d, -1)
-    s = np.asarray(draws["cv_scale"]).reshape(-1) if "cv_scale" in draws else np.ones(c * d, z.dtype)
+    c, d, z, t, s = _flat_pmj_draws(draws)
     if c * d > max_draws:
         pick = np.sort(np.random.default_rng(seed).choice(c * d, max_draws, replace=False))
         z, t, s = z[pick], t[pick], s[pick]

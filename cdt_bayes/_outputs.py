@@ -167,8 +167,8 @@ def summarise(problem: FitProblem, result: FitResult, extras: dict) -> tuple[dic
         summary["notes"].append(
             f"the posterior activates the heart from about {np.median(n_active):.0f} of the {n_pmj} PMJs "
             f"(90 % of draws: {np.quantile(n_active, 0.05):.0f}-{np.quantile(n_active, 0.95):.0f}); the others "
-            "fire after the wave has reached them (dormant) and shape nothing; they are free to roam the "
-            "layer, which makes NUTS trees long"
+            "fire after the wave has reached them (dormant) and shape nothing"
+            + ("; they are free to roam the layer, which makes NUTS trees long" if result.method == "nuts" else "")
         )
     sig = np.asarray(result.draws["sigma_mV"])
     if sig.ndim == 3:  # [noise] per_lead: the posterior mean noise sd of each lead, mV
