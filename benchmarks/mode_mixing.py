@@ -16,8 +16,10 @@ dormant ones). The chain samples the rest (and velocity scale, gain, noise).
 Columns: ``free_pmjs``; ``seconds`` (warm-up + draws, compilation included); ``steps``
 (mean leapfrog steps per draw; 255 is the cap at depth 8); ``step_size``; ``rmse_ms``,
 ``coverage90``, ``mean_sd_ms`` of the posterior activation against the truth; split R-hat
-(max and median over every 25th node's activation, from the chain's two halves). Appends the
-table to RESULTS.md.
+(max and median over every 25th node's activation, from the chain's two halves);
+``coverage90_fe`` the coverage of the intervals ``fit`` writes (with the fast path's forward
+error folded in) and ``forward_error_ms`` that error's RMS over nodes. Appends the table to
+RESULTS.md.
 """
 
 from __future__ import annotations
@@ -36,7 +38,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from inference import benchmark_truth, case_problem, emit, results_block  # noqa: E402
 from search import _constrained, reference  # noqa: E402
 
-from cdt_bayes._inference import LATENT_SITES, _abs_eig_inverse, _hessian_fn, _setup, posterior_activation  # noqa: E402
+from cdt_bayes import _summaries as S  # noqa: E402
+from cdt_bayes._inference import (  # noqa: E402
+    LATENT_SITES,
+    _abs_eig_inverse,
+    _hessian_fn,
+    _setup,
+    forward_error,
+    posterior_activation,
+)
 from cdt_bayes._model import dictionary_activation, load_spec  # noqa: E402
 
 
@@ -91,11 +101,15 @@ def run_config(case, prob, pot, postf, u0: dict, min_nodes: int, warmup: int, sa
     truth = case["truth"]
     lo, hi = np.percentile(act, [5, 95], axis=0)
     rh = split_rhat(act[:, ::25])
+    fe = forward_error(prob, draws)["rms_ms"]  # what fit folds into its intervals
+    node = S.activation_summary(act[None], fe)
     return {
         "free_pmjs": int(free.size), "seconds": round(sec, 1), "steps": round(float(np.mean(extra["num_steps"])), 1),
         "step_size": round(float(np.asarray(extra["adapt_state.step_size"])[-1]), 4),
         "rmse_ms": round(float(np.sqrt(np.mean((act.mean(0) - truth) ** 2))), 2),
         "coverage90": round(float(np.mean((truth >= lo) & (truth <= hi))), 2),
+        "coverage90_fe": round(float(np.mean((node["q05"] <= truth) & (truth <= node["q95"]))), 2),
+        "forward_error_ms": round(float(np.sqrt(np.mean(fe**2))), 2),
         "mean_sd_ms": round(float(act.std(0).mean()), 2),
         "rhat_max": round(float(np.nanmax(rh)), 3), "rhat_median": round(float(np.nanmedian(rh)), 3),
     }
@@ -128,7 +142,7 @@ def main(argv=None) -> int:
         rows.append(row)
         print(row, flush=True)
     cols = ["n_pmj", "held_below_nodes", "free_pmjs", "ref_neg_log_p", "seconds", "steps", "step_size", "rmse_ms",
-            "coverage90", "mean_sd_ms", "rhat_max", "rhat_median"]
+            "coverage90", "coverage90_fe", "forward_error_ms", "mean_sd_ms", "rhat_max", "rhat_median"]
     case_text = (
         f"Case: the inference benchmark's (8 true PMJs); one chain, {args.warmup} warm-up + {args.samples} draws, "
         f"depth {args.max_tree_depth}, from the truth-start reference of `benchmarks/search.py`."

@@ -39,6 +39,7 @@ from ._inference import (
     evidence_weights,
     find_map,
     fit,
+    forward_error,
     laplace_optima,
     posterior_activation,
 )
@@ -114,6 +115,7 @@ __all__ = [
     "evidence_weights",
     "find_map",
     "fit",
+    "forward_error",
     "generate_biventricular",
     "inference_mesh",
     "laplace_optima",

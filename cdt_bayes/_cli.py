@@ -442,6 +442,15 @@ def build_parser() -> argparse.ArgumentParser:
         "and stops there (the draws so far are kept)",
     )
     p.add_argument(
+        "--forward-error-draws",
+        type=_int_at_least(0),
+        default=24,
+        metavar="N",
+        help="posterior draws re-solved by the full eikonal solver to measure the fast path's error; "
+        "the activation sd and 90%% interval then include it (forward_error_ms per node). "
+        "0: leave it out (default: 24; MAP fits never include it)",
+    )
+    p.add_argument(
         "--chain-starts",
         choices=("evidence", "distinct"),
         default="evidence",

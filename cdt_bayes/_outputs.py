@@ -20,7 +20,16 @@ import jax
 import numpy as np
 
 from . import _summaries as S
-from ._inference import FitProblem, FitResult, active_pmjs, fit, posterior_activation, posterior_ecg
+from ._inference import (
+    FORWARD_ERROR_DRAWS,
+    FitProblem,
+    FitResult,
+    active_pmjs,
+    fit,
+    forward_error,
+    posterior_activation,
+    posterior_ecg,
+)
 
 __all__ = ["to_inference_data", "write_fit_outputs", "prior_activation", "run_fit_cli", "cache_dir"]
 
@@ -43,13 +52,19 @@ def prior_activation(problem: FitProblem, key, n: int = 200) -> np.ndarray:
     return np.asarray(Predictive(cdt_model, num_samples=n, return_sites=["activation_ms"])(key, *args)["activation_ms"])
 
 
-def to_inference_data(problem: FitProblem, result: FitResult, seed: int = 0, n_prior: int = 200):
+def to_inference_data(problem: FitProblem, result: FitResult, seed: int = 0, n_prior: int = 200,
+                      forward_error_draws: int = FORWARD_ERROR_DRAWS, progress: bool = False):
     """Build ArviZ data (posterior, posterior_predictive, observed_data, sample_stats, prior).
+
+    ``forward_error_draws`` posterior draws are re-solved by the full eikonal solver to
+    measure the fast path's error (:func:`cdt_bayes._inference.forward_error`); 0, or a MAP
+    fit, skips it. The draws in ``data`` stay the fast path's.
 
     Returns
     -------
     (data, extras) where ``data`` is an ArviZ DataTree/InferenceData and ``extras`` a dict
-    of NumPy arrays (``activation``, ``ecg_model``, ``ecg_pp``, ``prior_activation``).
+    of NumPy arrays (``activation``, ``ecg_model``, ``ecg_pp``, ``prior_activation``) and
+    ``forward_error`` (the dict of :func:`~cdt_bayes._inference.forward_error`, or ``None``).
     """
     import arviz as az
 
@@ -108,14 +123,19 @@ def to_inference_data(problem: FitProblem, result: FitResult, seed: int = 0, n_p
         attrs["inference_mesh"] = json.dumps({"n_nodes": problem.mesh.n_nodes, "n_tets": problem.mesh.n_tets})
     if result.chain_optimum is not None:  # which MAP optimum (summary.json map_optima) each chain started in
         attrs["chain_optimum"] = json.dumps([int(i) for i in result.chain_optimum])
+    fe = None
+    if forward_error_draws > 0 and result.method != "map":
+        fe = forward_error(problem, result.draws, forward_error_draws, seed, progress)
+        attrs["forward_error_rms_ms"] = float(np.sqrt(np.mean(fe["rms_ms"] ** 2)))
     data = az.from_dict(groups, coords=coords, dims=dims, attrs={"posterior": attrs})
-    return data, {"activation": act, "ecg_model": mu, "ecg_pp": pp, "prior_activation": prior_act}
+    return data, {"activation": act, "ecg_model": mu, "ecg_pp": pp, "prior_activation": prior_act, "forward_error": fe}
 
 
 def summarise(problem: FitProblem, result: FitResult, extras: dict) -> tuple[dict, dict, dict]:
     """Per-node arrays, the summary dict and the modes (order-free quantities only)."""
     act = extras["activation"]
-    node = S.activation_summary(act)
+    fe = extras.get("forward_error")
+    node = S.activation_summary(act, None if fe is None else fe["rms_ms"])
     ident = S.identifiability(act, extras["prior_activation"])
     bands = S.ecg_bands(extras["ecg_pp"])
     mean_model = extras["ecg_model"].reshape((-1,) + problem.obs.shape).mean(0)
@@ -163,6 +183,22 @@ def summarise(problem: FitProblem, result: FitResult, extras: dict) -> tuple[dic
         },
         "notes": list(result.notes),
     }
+    if fe is not None:
+        rms = float(np.sqrt(np.mean(fe["rms_ms"] ** 2)))
+        summary["forward_error"] = {
+            "rms_ms": rms,
+            "max_ms": float(np.max(fe["rms_ms"])),
+            "mean_bias_ms": float(np.mean(fe["bias_ms"])),
+            "n_draws": fe["n_draws"],
+            "seconds": round(float(fe["seconds"]), 2),
+            "in_intervals": True,
+        }
+        post_sd = float(np.mean(act.reshape(-1, act.shape[-1]).std(0)))
+        summary["notes"].append(
+            f"the fast path is {rms:.1f} ms RMS off the full eikonal solver at {fe['n_draws']} posterior draws "
+            f"(posterior sd alone: {post_sd:.1f} ms on average); activation_sd_ms, activation_q05_ms and "
+            "activation_q95_ms include that error (forward_error_ms per node)"
+        )
     if n_pmj > 1 and np.median(n_active) <= 0.75 * n_pmj:
         summary["notes"].append(
             f"the posterior activates the heart from about {np.median(n_active):.0f} of the {n_pmj} PMJs "
@@ -322,17 +358,27 @@ def write_posterior_netcdf(data, path: Path) -> None:
 
 
 def write_fit_outputs(
-    out: Path, problem: FitProblem, result: FitResult, seed: int = 0, ecg_window: dict | None = None
+    out: Path,
+    problem: FitProblem,
+    result: FitResult,
+    seed: int = 0,
+    ecg_window: dict | None = None,
+    forward_error_draws: int = FORWARD_ERROR_DRAWS,
+    progress: bool = False,
 ) -> dict:
     """Write posterior.nc, activation_summary.vtu, ecg_posterior.csv, summary.json, modes.npz.
 
     ``out`` should be a staging directory (see :func:`cdt_bayes._io.atomic_output_dir`).
     ``ecg_window`` (which part of the recording was fitted, in its own times, ms) goes into
     ``summary.json`` as ``ecg_window``, with a note when the recording was cut.
+    ``forward_error_draws`` draws are re-solved by the full eikonal solver
+    (:func:`cdt_bayes._inference.forward_error`); the activation sd and 90 % interval
+    then include the fast path's error, ``forward_error_ms`` is written per node and
+    ``summary.json`` gets ``forward_error``. 0 (or a MAP fit) leaves them out.
     """
     from ._io import save_mesh_vtu
 
-    data, extras = to_inference_data(problem, result, seed)
+    data, extras = to_inference_data(problem, result, seed, forward_error_draws=forward_error_draws, progress=progress)
     node, summary, more = summarise(problem, result, extras)
     write_posterior_netcdf(data, out / "posterior.nc")
     pd = {
@@ -344,6 +390,8 @@ def write_fit_outputs(
         "p_early": node["p_early"],
         "shrinkage": node["shrinkage"],
     }
+    if extras["forward_error"] is not None:
+        pd["forward_error_ms"] = extras["forward_error"]["rms_ms"]
     if "rhat" in node:
         pd["rhat"] = node["rhat"]
     pd = {k: np.asarray(v, np.float64) for k, v in pd.items()}
@@ -466,7 +514,10 @@ def run_fit_cli(args) -> int:
         progress=progress,
     )
     with atomic_output_dir(out) as stage:
-        summary = write_fit_outputs(Path(stage), problem, result, args.seed, ecg_window=window)
+        summary = write_fit_outputs(
+            Path(stage), problem, result, args.seed, ecg_window=window,
+            forward_error_draws=getattr(args, "forward_error_draws", FORWARD_ERROR_DRAWS), progress=progress,
+        )
     shutil.rmtree(ckpt, ignore_errors=True)
     msg = f"fit ({summary['method']}, {summary['seconds']:.0f} s): ECG correlation {summary['ecg_correlation']:.3f}"
     if "max_rhat" in summary:

@@ -1177,6 +1177,14 @@ def _ident_section(fit: FitData, faces) -> _Section:
                     f"({_fmt(_num(act_pmj.get('q05')), '{:.0f}')}–{_fmt(_num(act_pmj.get('q95')), '{:.0f}')})",
                 )
             )
+        fe = s.get("forward_error")
+        if isinstance(fe, dict) and fe.get("in_intervals"):  # older fits have none
+            rows.append(
+                (
+                    "simulator error folded into the sd and intervals (RMS over nodes)",
+                    _fmt(_num(fe.get("rms_ms")), "{:.1f}") + f" ms (full solver at {fe.get('n_draws', '?')} draws)",
+                )
+            )
         sec.blocks.append(("table", ("measure", "value"), rows))
     return sec
 

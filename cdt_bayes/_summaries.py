@@ -21,20 +21,41 @@ __all__ = [
 ]
 
 
-def activation_summary(act: np.ndarray) -> dict[str, np.ndarray]:
+def activation_summary(act: np.ndarray, extra_sd: np.ndarray | None = None, seed: int = 0,
+                       min_samples: int = 2000, chunk: int = 4096) -> dict[str, np.ndarray]:
     """Per-node posterior summaries.
 
     Parameters
     ----------
     act : (chain, draw, n_nodes) ms
+    extra_sd : (n_nodes,) ms or None
+        A per-node error to fold in: the summaries are then those of ``act + e``, with
+        ``e ~ N(0, extra_sd²)`` independent of the draw (the fast path's forward error,
+        :func:`cdt_bayes._inference.forward_error`). The mean is unchanged, the sd is
+        ``sqrt(sd² + extra_sd²)`` exactly, and the quantiles are those of the Gaussian
+        mixture, by Monte Carlo (each draw repeated up to ``min_samples`` samples, seeded).
 
     Returns
     -------
     dict of (n_nodes,) arrays: ``mean, sd, q05, q95, width90`` (ms).
     """
     flat = act.reshape(-1, act.shape[-1]).astype(np.float64)
-    q05, q95 = np.quantile(flat, [0.05, 0.95], axis=0)
     sd = flat.std(0, ddof=1) if flat.shape[0] > 1 else np.zeros(flat.shape[1])
+    if extra_sd is None:
+        q05, q95 = np.quantile(flat, [0.05, 0.95], axis=0)
+    else:
+        e = np.broadcast_to(np.asarray(extra_sd, np.float64), flat.shape[1:])
+        if np.any(~np.isfinite(e)) or np.any(e < 0):
+            raise ValueError("activation_summary: extra_sd must be finite and non-negative")
+        rep = max(1, -(-min_samples // flat.shape[0]))
+        rng = np.random.default_rng(seed)
+        q05, q95 = np.empty(flat.shape[1]), np.empty(flat.shape[1])
+        for a in range(0, flat.shape[1], chunk):  # node chunks keep the memory to ~rep n chunk
+            b = min(a + chunk, flat.shape[1])
+            x = np.repeat(flat[:, a:b], rep, axis=0)
+            x += e[a:b] * rng.standard_normal(x.shape)
+            q05[a:b], q95[a:b] = np.quantile(x, [0.05, 0.95], axis=0)
+        sd = np.sqrt(sd**2 + e**2)
     return {"mean": flat.mean(0), "sd": sd, "q05": q05, "q95": q95, "width90": q95 - q05}
 
 

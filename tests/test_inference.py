@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import meshio
 import numpy as np
 import pytest
-from inference_case import synthetic
+from inference_case import slab, synthetic
 
 from cdt_bayes._errors import CdtBayesError
-from cdt_bayes._inference import _setup, active_pmjs, build_problem, find_map, fit
+from cdt_bayes._inference import _setup, active_pmjs, build_problem, find_map, fit, forward_error
 from cdt_bayes._model import dictionary_activation, load_spec, pmj_arrival
 from cdt_bayes._outputs import write_fit_outputs
 from cdt_bayes._summaries import ecg_correlation
@@ -139,6 +139,19 @@ def test_nuts_outputs_and_reproducibility(case, tmp_path):
     m = meshio.read(tmp_path / "activation_summary.vtu")
     q05, q95 = m.point_data["activation_q05_ms"], m.point_data["activation_q95_ms"]
     assert np.all(q05 <= m.point_data["activation_mean_ms"] + 1e-6) and np.all(q95 >= q05)
+    # the fast path's forward error is measured and folded into the sd and the interval
+    fe = j["forward_error"]
+    assert fe["in_intervals"] and 0 < fe["n_draws"] <= 24 and fe["rms_ms"] > 0
+    e = m.point_data["forward_error_ms"]
+    assert e.shape == q05.shape and np.all(e >= 0)
+    bare_dir = tmp_path / "bare"
+    bare_dir.mkdir()
+    bare = json.loads(json.dumps(write_fit_outputs(bare_dir, prob, r1, forward_error_draws=0), default=float))
+    assert "forward_error" not in bare
+    mb = meshio.read(bare_dir / "activation_summary.vtu")
+    assert "forward_error_ms" not in mb.point_data
+    sd, sd0 = m.point_data["activation_sd_ms"], mb.point_data["activation_sd_ms"]
+    np.testing.assert_allclose(sd, np.sqrt(sd0**2 + e**2), rtol=1e-4, atol=1e-4)
     import arviz as az
 
     dt = az.from_netcdf(tmp_path / "posterior.nc")
@@ -643,3 +656,28 @@ def test_active_pmjs_counts_the_pmjs_that_shape_the_map(case):
     n = active_pmjs(prob, many, max_draws=7, seed=1)
     assert n.shape == (7,) and set(n) <= {1, 2}
     np.testing.assert_array_equal(n, active_pmjs(prob, many, max_draws=7, seed=1))
+
+
+def test_forward_error_shrinks_as_the_mesh_is_refined():
+    """Fast path and full solver converge to the same activation: their gap falls on a finer mesh.
+
+    (Velocity factors other than 1 in the draws: a factor dropped on either side would leave
+    a gap of ~10 % of the activation times on both meshes.)
+    """
+    draws = {  # 3 draws of 2 PMJs 1 mm under the endocardium (z = 0), between the sites
+        "pmj_xyz_mm": np.array([[[[5.1, 7.3, 1.0], [17.7, 15.2, 1.0]],
+                                 [[11.9, 3.4, 1.0], [6.2, 19.8, 1.0]],
+                                 [[20.3, 20.6, 1.0], [13.1, 10.5, 1.0]]]], np.float32),
+        "pmj_t_ms": np.array([[[0.0, 4.0], [2.0, 0.0], [0.0, 1.0]]], np.float32),
+        "cv_scale": np.array([[1.0, 1.1, 0.9]], np.float32),
+    }
+    rms = {}
+    for name, shape in (("coarse", (8, 8, 3)), ("fine", (17, 17, 7))):
+        mesh, el, t_act, tt, names, noisy, clean = synthetic(mesh_el=slab(shape))
+        spec = load_spec("default", n_pmj=2, site_spacing_mm=3.0, kernel_mm=2.0, layer_depth_mm=3.5)
+        prob = build_problem(mesh, tt, names, noisy, el, spec, progress=False)
+        fe = forward_error(prob, draws, n_draws=10)
+        assert fe["n_draws"] == 3 and fe["rms_ms"].shape == (mesh.n_nodes,)
+        assert np.all(fe["rms_ms"] >= np.abs(fe["bias_ms"]) - 1e-9)
+        rms[name] = float(np.sqrt(np.mean(fe["rms_ms"] ** 2)))
+    assert rms["fine"] < 0.5 * rms["coarse"] and rms["fine"] < 1.0, rms

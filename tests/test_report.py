@@ -147,6 +147,8 @@ def make_fit_dir(
         "ecg_baseline": {"term": "linear", "source": "auto", "off_zero": True, "max_level_rel": 0.1},
         "map_search_rounds": 6,
         "map_search_smooth_ms": 4.0,
+        "forward_error": {"rms_ms": 1.23, "max_ms": 4.0, "mean_bias_ms": 0.4, "n_draws": 24, "seconds": 1.0,
+                          "in_intervals": True},
         "stage_seconds": {"search": 95.0, "laplace": 5.2, "sampling": 519.0},
     }
     pd = {
@@ -286,6 +288,8 @@ def test_html_has_sections_lights_and_numbers(nuts_report):
     assert "620 s (10.3 min); search for the best fit 95 s, curvature at the optima 5.2 s, NUTS sampling 519 s" in text
     assert "Not a diagnosis" in text and "research" in text
     assert "PMJs that activate some tissue (median, 90% of draws)" in text and "2 of 3 (1–3)" in text
+    assert "simulator error folded into the sd and intervals (RMS over nodes)" in text
+    assert "1.2 ms (full solver at 24 draws)" in text
     for name in P.AHA_NAMES:  # the 17-segment table
         assert f"<td>{name}</td>" in text
 

@@ -30,3 +30,26 @@ def test_within_group_rhat_needs_two_chains_per_group():
     assert np.isnan(S.rhat_within_groups(act, ecg, [0, 1, 2])["max_rhat"])
     with pytest.raises(ValueError, match="one label per chain"):
         S.rhat_within_groups(act, ecg, [0, 1])
+
+
+def test_activation_summary_folds_in_a_per_node_error():
+    """sd adds in quadrature; quantiles are those of draws + N(0, e²); e = 0 changes nothing."""
+    rng = np.random.default_rng(0)
+    act = rng.normal(10.0, 1.0, size=(2, 500, 3))
+    bare = S.activation_summary(act)
+    same = S.activation_summary(act, np.zeros(3))
+    for k in bare:
+        np.testing.assert_allclose(same[k], bare[k], atol=1e-12)
+    e = np.array([0.0, 1.0, 3.0])
+    out = S.activation_summary(act, e, min_samples=20000)
+    np.testing.assert_allclose(out["mean"], bare["mean"])
+    np.testing.assert_allclose(out["sd"], np.sqrt(bare["sd"] ** 2 + e**2))
+    # draws ~ N(10, 1): the widened 90 % interval is that of N(10, 1 + e²)
+    np.testing.assert_allclose(out["q95"] - out["mean"], 1.645 * np.sqrt(1 + e**2), rtol=0.06)
+    np.testing.assert_allclose(out["mean"] - out["q05"], 1.645 * np.sqrt(1 + e**2), rtol=0.06)
+    # one draw (a point estimate): the interval is the error's alone
+    one = S.activation_summary(act[:1, :1], e, min_samples=20000)
+    np.testing.assert_allclose(one["width90"][1:], 2 * 1.645 * e[1:], rtol=0.05)
+    assert one["width90"][0] == 0.0
+    with pytest.raises(ValueError, match="extra_sd"):
+        S.activation_summary(act, np.array([1.0, -1.0, 0.0]))
