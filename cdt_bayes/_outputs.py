@@ -257,6 +257,12 @@ def summarise(problem: FitProblem, result: FitResult, extras: dict) -> tuple[dic
             }
         )
         node["rhat"] = diag["rhat_activation"]
+        for c, eps, others in S.stuck_chains(result.sample_stats["step_size"]):
+            summary["notes"].append(
+                f"chain {c + 1} adapted a leapfrog step of {eps:.2g}, over 20 times smaller than the other "
+                f"chains' ({others:.2g}): it barely moved, so its draws are nearly one point; rerun with "
+                "another --seed or drop that chain"
+            )
         within = float("nan")
         if result.chain_optimum is not None and len(result.chain_optimum) == act.shape[0]:
             within = S.rhat_within_groups(act, extras["ecg_model"], result.chain_optimum)["max_rhat"]

@@ -18,6 +18,7 @@ __all__ = [
     "diagnostics",
     "activation_modes",
     "identifiability",
+    "stuck_chains",
 ]
 
 
@@ -57,6 +58,32 @@ def activation_summary(act: np.ndarray, extra_sd: np.ndarray | None = None, seed
             q05[a:b], q95[a:b] = np.quantile(x, [0.05, 0.95], axis=0)
         sd = np.sqrt(sd**2 + e**2)
     return {"mean": flat.mean(0), "sd": sd, "q05": q05, "q95": q95, "width90": q95 - q05}
+
+
+def stuck_chains(step_size: np.ndarray, ratio: float = 20.0) -> list[tuple[int, float, float]]:
+    """NUTS chains whose adapted step is ``ratio`` times smaller than the other chains'.
+
+    A chain whose step-size adaptation collapsed (e.g. to 1e-4 while the others use 1e-2)
+    barely moves: its draws are nearly one point, so it adds a narrow clump to the pooled
+    intervals and inflates R-hat without exploring anything.
+
+    Parameters
+    ----------
+    step_size : (chain, draw) adapted leapfrog step sizes (``sample_stats.step_size``)
+    ratio : float
+        How many times smaller than the median of the other chains counts as stuck.
+
+    Returns
+    -------
+    list of ``(chain, its median step, the other chains' median step)``, chain 0-based.
+    """
+    eps = np.median(np.asarray(step_size, np.float64).reshape(np.shape(step_size)[0], -1), axis=1)
+    out = []
+    for c in range(eps.size):
+        others = np.delete(eps, c)
+        if others.size and np.isfinite(eps[c]) and eps[c] * ratio < np.median(others):
+            out.append((c, float(eps[c]), float(np.median(others))))
+    return out
 
 
 def ecg_bands(pp: np.ndarray) -> dict[str, np.ndarray]:

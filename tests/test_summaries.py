@@ -53,3 +53,15 @@ def test_activation_summary_folds_in_a_per_node_error():
     assert one["width90"][0] == 0.0
     with pytest.raises(ValueError, match="extra_sd"):
         S.activation_summary(act, np.array([1.0, -1.0, 0.0]))
+
+
+def test_stuck_chains_flags_a_collapsed_step_size():
+    """The 4-chain benchmark at depth 6 had one chain at step 0.00013 against 0.011-0.019."""
+    rng = np.random.default_rng(0)
+    eps = np.array([0.0179, 0.0107, 0.0193, 0.000132])[:, None] * rng.uniform(0.9, 1.1, (4, 50))
+    out = S.stuck_chains(eps)
+    assert [c for c, _, _ in out] == [3]
+    c, mine, others = out[0]
+    assert mine == pytest.approx(0.000132, rel=0.11) and others == pytest.approx(0.0179, rel=0.11)
+    assert S.stuck_chains(eps[:3]) == []  # spread within 2x: nothing flagged
+    assert S.stuck_chains(eps[:1]) == []  # one chain: nothing to compare with
