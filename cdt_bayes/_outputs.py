@@ -531,6 +531,8 @@ def run_fit_cli(args) -> int:
             f", max R-hat {summary['max_rhat']:.3f}, min bulk ESS {summary['min_ess_bulk']:.0f}, "
             f"divergences {summary['divergences']}"
         )
+    if "forward_error" in summary:
+        msg += f", forward error {summary['forward_error']['rms_ms']:.1f} ms RMS (in the intervals)"
     print(msg, file=sys.stderr)
     for f in ("posterior.nc", "activation_summary.vtu", "ecg_posterior.csv", "summary.json"):
         print(out / f)

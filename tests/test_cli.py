@@ -523,10 +523,13 @@ def test_fit_report_demo_dispatch(monkeypatch, tmp_path, capsys):
         "V1",
         "--endo-lv",
         "lv.txt",
+        "--forward-error-draws",
+        "5",
         "--no-progress",
     )
     assert rc == 0, err
     a = seen["fit_command"]
+    assert a.forward_error_draws == 5
     assert (a.method, a.n_pmj, a.chains, a.num_warmup, a.num_samples, a.seed) == (
         "map",
         3,
