@@ -170,7 +170,7 @@ def main(argv=None) -> int:
             "rmse_ms": round(float(np.sqrt(np.mean((node["mean"] - truth) ** 2))), 2),
             "coverage90": round(float(np.mean((node["q05"] <= truth) & (truth <= node["q95"]))), 3),
             "coverage90_draws": round(float(np.mean((bare["q05"] <= truth) & (truth <= bare["q95"]))), 3),
-            "forward_error_ms": "" if fe is None else round(float(np.sqrt(np.mean(fe["rms_ms"] ** 2))), 2),
+            "forward_error_ms": "" if fe is None else round(fe["overall_rms_ms"], 2),
             "mean_sd_ms": round(float(node["sd"].mean()), 2),
             "ecg_r": round(float(np.nanmean(S.ecg_correlation(prob.obs, mu))), 4),
             "ecg_r_clean": round(float(np.nanmean(S.ecg_correlation(ecg.astype(np.float32), mu))), 4),

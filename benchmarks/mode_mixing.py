@@ -101,15 +101,15 @@ def run_config(case, prob, pot, postf, u0: dict, min_nodes: int, warmup: int, sa
     truth = case["truth"]
     lo, hi = np.percentile(act, [5, 95], axis=0)
     rh = split_rhat(act[:, ::25])
-    fe = forward_error(prob, draws)["rms_ms"]  # what fit folds into its intervals
-    node = S.activation_summary(act[None], fe)
+    fe = forward_error(prob, draws)  # what fit folds into its intervals
+    node = S.activation_summary(act[None], fe["rms_ms"])
     return {
         "free_pmjs": int(free.size), "seconds": round(sec, 1), "steps": round(float(np.mean(extra["num_steps"])), 1),
         "step_size": round(float(np.asarray(extra["adapt_state.step_size"])[-1]), 4),
         "rmse_ms": round(float(np.sqrt(np.mean((act.mean(0) - truth) ** 2))), 2),
         "coverage90": round(float(np.mean((truth >= lo) & (truth <= hi))), 2),
         "coverage90_fe": round(float(np.mean((node["q05"] <= truth) & (truth <= node["q95"]))), 2),
-        "forward_error_ms": round(float(np.sqrt(np.mean(fe**2))), 2),
+        "forward_error_ms": round(fe["overall_rms_ms"], 2),
         "mean_sd_ms": round(float(act.std(0).mean()), 2),
         "rhat_max": round(float(np.nanmax(rh)), 3), "rhat_median": round(float(np.nanmedian(rh)), 3),
     }
