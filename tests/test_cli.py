@@ -530,11 +530,6 @@ def test_fit_report_demo_dispatch(monkeypatch, tmp_path, capsys):
     assert rc == 0, err
     a = seen["fit_command"]
     assert a.forward_error_draws == 5
-    from cdt_bayes._cli import build_parser
-    from cdt_bayes._inference import FORWARD_ERROR_DRAWS
-
-    plain = build_parser().parse_args(["fit", "--mesh", "m", "--ecg", "e", "--electrodes", "el", "--out", "o"])
-    assert plain.forward_error_draws == FORWARD_ERROR_DRAWS  # the CLI's default is the library's
     assert (a.method, a.n_pmj, a.chains, a.num_warmup, a.num_samples, a.seed) == (
         "map",
         3,
@@ -679,3 +674,11 @@ def test_geometry_without_gmsh_is_one_line(monkeypatch, tmp_path, capsys):
 def test_non_convergence_is_an_error(box, capsys):
     rc, _, err = run(capsys, *simulate_args(box, **{"--max-sweeps": "2"}), "--quiet")
     assert_one_line_error(rc, err, "box.vtu", "did not converge", "--max-sweeps", out_dir=box.out)
+
+
+def test_fit_forward_error_default_is_the_librarys():
+    from cdt_bayes._cli import build_parser
+    from cdt_bayes._inference import FORWARD_ERROR_DRAWS
+
+    plain = build_parser().parse_args(["fit", "--mesh", "m", "--ecg", "e", "--electrodes", "el", "--out", "o"])
+    assert plain.forward_error_draws == FORWARD_ERROR_DRAWS
