@@ -17,6 +17,8 @@ Columns: ``free_pmjs``; ``seconds`` (warm-up + draws, compilation included); ``s
 (mean leapfrog steps per draw; 255 is the cap at depth 8); ``step_size``; ``rmse_ms``,
 ``coverage90``, ``mean_sd_ms`` of the posterior activation against the truth; split R-hat
 (max and median over every 25th node's activation, from the chain's two halves);
+``ess_min`` / ``ess_median`` the bulk ESS of those activations and ``s_per_ess`` the seconds
+per effective draw of the worst of them;
 ``coverage90_fe`` the coverage of the intervals ``fit`` writes (with the fast path's forward
 error folded in) and ``forward_error_ms`` that error's RMS over nodes. Appends the table to
 RESULTS.md.
@@ -101,6 +103,7 @@ def run_config(case, prob, pot, postf, u0: dict, min_nodes: int, warmup: int, sa
     truth = case["truth"]
     lo, hi = np.percentile(act, [5, 95], axis=0)
     rh = split_rhat(act[:, ::25])
+    ess = S.ess(act[None, :, ::25], "bulk")
     fe = forward_error(prob, draws)  # what fit folds into its intervals
     node = S.activation_summary(act[None], fe["rms_ms"])
     return {
@@ -112,6 +115,8 @@ def run_config(case, prob, pot, postf, u0: dict, min_nodes: int, warmup: int, sa
         "forward_error_ms": round(fe["overall_rms_ms"], 2),
         "mean_sd_ms": round(float(act.std(0).mean()), 2),
         "rhat_max": round(float(np.nanmax(rh)), 3), "rhat_median": round(float(np.nanmedian(rh)), 3),
+        "ess_min": round(float(np.nanmin(ess)), 1), "ess_median": round(float(np.nanmedian(ess)), 1),
+        "s_per_ess": round(sec / max(float(np.nanmin(ess)), 1e-9), 1),
     }
 
 
@@ -142,7 +147,8 @@ def main(argv=None) -> int:
         rows.append(row)
         print(row, flush=True)
     cols = ["n_pmj", "held_below_nodes", "free_pmjs", "ref_neg_log_p", "seconds", "steps", "step_size", "rmse_ms",
-            "coverage90", "coverage90_fe", "forward_error_ms", "mean_sd_ms", "rhat_max", "rhat_median"]
+            "coverage90", "coverage90_fe", "forward_error_ms", "mean_sd_ms", "rhat_max", "rhat_median",
+            "ess_min", "ess_median", "s_per_ess"]
     case_text = (
         f"Case: the inference benchmark's (8 true PMJs); one chain, {args.warmup} warm-up + {args.samples} draws, "
         f"depth {args.max_tree_depth}, from the truth-start reference of `benchmarks/search.py`."

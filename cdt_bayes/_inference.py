@@ -1130,6 +1130,8 @@ class FitResult:
     #: NUTS: ``seconds, chain_steps, iterations`` over the compiled chunks (compilation left
     #: out): the sampler's rate, e.g. to extrapolate a run that a time budget cut short
     nuts_throughput: dict | None = None
+    #: NUTS: the tree-depth cap the chains ran with (``2**max_tree_depth - 1`` leapfrog steps)
+    max_tree_depth: int | None = None
 
 
 def fit(
@@ -1347,6 +1349,7 @@ def fit(
         float(search_smooth_ms),
         {k: round(float(v), 3) for k, v in stage.items()},
         throughput,
+        max_tree_depth if method == "nuts" else None,
     )
 
 

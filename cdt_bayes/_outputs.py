@@ -256,6 +256,19 @@ def summarise(problem: FitProblem, result: FitResult, extras: dict) -> tuple[dic
             }
         )
         node["rhat"] = diag["rhat_activation"]
+        if result.max_tree_depth is not None:
+            sat = S.tree_depth_saturation(result.sample_stats["n_steps"], result.max_tree_depth)
+            summary["max_tree_depth"] = int(result.max_tree_depth)
+            summary["tree_depth_saturation"] = sat
+            if np.isfinite(sat) and sat >= TREE_CAP_NOTE:
+                d = int(result.max_tree_depth)
+                summary["notes"].append(
+                    f"{100 * sat:.0f}% of NUTS iterations stopped at the tree-depth cap ({2**d - 1} leapfrog "
+                    f"steps, --max-tree-depth {d}): the trajectories were cut short, so successive draws are "
+                    "more correlated (see min_ess_bulk). PMJs that shape no node (dormant) are flat directions "
+                    f"that cause this; --max-tree-depth {d + 2} lets trajectories run 4 times longer, at up to "
+                    "4 times the cost per draw"
+                )
         for c, eps, others in S.stuck_chains(result.sample_stats["step_size"]):
             summary["notes"].append(
                 f"chain {c + 1} adapted a leapfrog step of {eps:.2g}, over 20 times smaller than the other "
@@ -305,6 +318,9 @@ def _ecg_csv_text(problem: FitProblem, bands: dict) -> str:
 
 _WINDOW_SOURCE = {"auto": "found automatically", "given": "as given by --qrs", "whole": "the whole recording"}
 
+
+#: A note in summary.json when at least this fraction of NUTS iterations hit the tree-depth cap.
+TREE_CAP_NOTE = 0.5
 
 #: Mantissa bits kept of the stored activation draws (of float32's 23): a relative error
 #: ≤ 2^-17, i.e. ≤ 0.001 ms below 131 ms, far below the fast path's ~1 ms accuracy, and

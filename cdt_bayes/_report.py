@@ -373,6 +373,12 @@ _ADVICE = {
         "(--n-pmj), and run a longer warm-up (--num-warmup) so the step size adapts."
     ),
     "one_chain": "Run 4 chains (--chains 4).",
+    "tree_cap": (
+        "Most trajectories stopped at the tree-depth cap, not where they turned back: draws are "
+        "more correlated than they need be (the effective sample size shows how much). This does "
+        "not bias them. If the ESS is too small, run longer (--num-samples) or raise the cap "
+        "(--max-tree-depth, each step up doubles the cost per draw)."
+    ),
     "within": (
         "Even chains that started in the same MAP optimum disagree: the sampler has not "
         "mixed, and the intervals are too narrow. Run longer (--num-warmup, --num-samples, "
@@ -401,9 +407,10 @@ def traffic_lights(summary: dict) -> list[Light]:
     """Grade the diagnostics of a fit summary as traffic lights, with advice for amber/red.
 
     Thresholds: R-hat <= 1.01 green, <= 1.05 amber, else red; bulk/tail ESS >= 400 green,
-    >= 100 amber, else red; divergences 0 green, < 1% of draws amber, else red; chains agree
-    green, else red; ECG correlation >= 0.95 green, >= 0.9 amber, else red. MCMC lights
-    only for ``method == "nuts"``.
+    >= 100 amber, else red; divergences 0 green, < 1% of draws amber, else red; trajectories
+    at the tree-depth cap < 10% green, else amber; chains agree green, else red; ECG
+    correlation >= 0.95 green, >= 0.9 amber, else red. MCMC lights only for
+    ``method == "nuts"``.
 
     Parameters
     ----------
@@ -459,6 +466,17 @@ def traffic_lights(summary: dict) -> list[Light]:
                 lvl,
                 "places where the sampler could not follow the posterior; they bias results",
                 _ADVICE["div"],
+            )
+        sat = _num(summary.get("tree_depth_saturation"))
+        if math.isfinite(sat):
+            depth = int(_num(summary.get("max_tree_depth"), 0))
+            add(
+                "trajectories cut at the tree-depth cap",
+                f"{sat:.0%} of iterations" + (f" (depth {depth})" if depth else ""),
+                "green" if sat < 0.1 else "amber",
+                "NUTS trajectories that hit the step limit instead of turning back; more of them "
+                "means more correlated draws (never red: it costs efficiency, not correctness)",
+                _ADVICE["tree_cap"],
             )
         if "chains_agree" in summary:
             if int(_num(summary.get("n_chains"), 1)) < 2:

@@ -86,6 +86,30 @@ def stuck_chains(step_size: np.ndarray, ratio: float = 20.0) -> list[tuple[int, 
     return out
 
 
+def tree_depth_saturation(n_steps: np.ndarray, max_tree_depth: int) -> float:
+    """Fraction of NUTS iterations whose trajectory was cut at the tree-depth cap.
+
+    A tree of depth ``D`` has at most ``2**D - 1`` leapfrog steps. An iteration that uses
+    all of them stopped because of the cap, not because the trajectory turned back (the
+    U-turn criterion): its draw is more correlated with the previous one than NUTS would
+    make it, and the chain explores by shorter moves.
+
+    Parameters
+    ----------
+    n_steps : (chain, draw) leapfrog steps per iteration (``sample_stats.n_steps``)
+    max_tree_depth : int
+        The cap the chains ran with.
+
+    Returns
+    -------
+    float in [0, 1]; NaN for no iterations.
+    """
+    n = np.asarray(n_steps).ravel()
+    if n.size == 0:
+        return float("nan")
+    return float(np.mean(n >= 2**int(max_tree_depth) - 1))
+
+
 def ecg_bands(pp: np.ndarray) -> dict[str, np.ndarray]:
     """Mean and 90% band of posterior-predictive ECGs ``(chain, draw, lead, time)``."""
     flat = pp.reshape((-1,) + pp.shape[2:]).astype(np.float64)

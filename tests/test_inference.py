@@ -130,6 +130,10 @@ def test_nuts_outputs_and_reproducibility(case, tmp_path):
               "max_rhat_within_optima", "chain_method"):
         assert k in j
     assert j == json.loads(json.dumps(summary, default=float))
+    cap = 2 ** j["max_tree_depth"] - 1
+    assert j["max_tree_depth"] == fit.__kwdefaults__["max_tree_depth"]
+    assert j["tree_depth_saturation"] == pytest.approx(np.mean(r1.sample_stats["n_steps"] >= cap))
+    assert any("tree-depth cap" in n for n in j["notes"]) == (j["tree_depth_saturation"] >= 0.5)
     # the stages' wall times: each positive, together no more than the whole fit
     st = j["stage_seconds"]
     assert set(st) == {"search", "laplace", "sampling"} and all(v > 0 for v in st.values())
@@ -332,6 +336,18 @@ def test_svi_lowrank_recovers_a_correlated_gaussian():
     # negative control: the start (zero mean, sd 0.02) is far from the target
     assert np.abs(mean).max() > 0.3 and losses[:50].mean() > losses[-200:].mean() + 1.0
     assert np.diag(c).min() > 100 * 0.02**2  # grew from the initial sd 0.02
+
+
+def test_a_capped_run_says_so(case, tmp_path):
+    """Depth 1 (one leapfrog step per iteration) stops every trajectory at the cap."""
+    prob, _, _ = case
+    r = fit(prob, "nuts", chains=1, num_warmup=10, num_samples=10, seed=0, n_starts=2, map_steps=50,
+            max_tree_depth=1, search_rounds=0, progress=False)
+    assert r.max_tree_depth == 1 and np.all(r.sample_stats["n_steps"] == 1)
+    summary = write_fit_outputs(tmp_path, prob, r, forward_error_draws=0)
+    assert summary["max_tree_depth"] == 1 and summary["tree_depth_saturation"] == 1.0
+    (note,) = [n for n in summary["notes"] if "tree-depth cap" in n]
+    assert "100%" in note and "--max-tree-depth 3" in note
 
 
 def test_bad_options(case):

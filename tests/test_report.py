@@ -479,6 +479,19 @@ def test_within_optimum_rhat_light(within, level):
     assert not [x for x in traffic_lights({**s, "chains_agree": True, "max_rhat": 1.0}) if "within" in x.name]
 
 
+@pytest.mark.parametrize("sat, level", [(0.0, "green"), (0.05, "green"), (0.3, "amber"), (1.0, "amber"), (None, None)])
+def test_tree_cap_light(sat, level):
+    s = {"method": "nuts", "n_chains": 4, "n_draws": 500, "max_rhat": 1.0, "min_ess_bulk": 1000,
+         "min_ess_tail": 1000, "divergences": 0, "chains_agree": True, "ecg_correlation": 0.99,
+         "max_tree_depth": 6, "tree_depth_saturation": sat}
+    found = [x for x in traffic_lights(s) if "tree-depth cap" in x.name]
+    if level is None:
+        assert not found
+    else:
+        assert [x.level for x in found] == [level] and "(depth 6)" in found[0].value
+        assert bool(found[0].advice) == (level != "green")
+
+
 def test_map_has_no_mcmc_lights():
     lights = traffic_lights({"method": "map", "ecg_correlation": 0.96})
     assert [x.name.split()[0] for x in lights] == ["ECG"]

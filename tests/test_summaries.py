@@ -55,6 +55,14 @@ def test_activation_summary_folds_in_a_per_node_error():
         S.activation_summary(act, np.array([1.0, -1.0, 0.0]))
 
 
+def test_tree_depth_saturation_counts_iterations_at_the_cap():
+    steps = np.array([[63, 63, 31, 63], [7, 63, 63, 62]])  # depth 6: the cap is 63 steps
+    assert S.tree_depth_saturation(steps, 6) == pytest.approx(5 / 8)
+    assert S.tree_depth_saturation(steps, 8) == 0.0  # none reach 255
+    assert S.tree_depth_saturation(steps, 3) == 1.0  # every tree has at least 7 steps
+    assert np.isnan(S.tree_depth_saturation(np.zeros((2, 0)), 6))
+
+
 def test_stuck_chains_flags_a_collapsed_step_size():
     """The 4-chain benchmark at depth 6 had one chain at step 0.00013 against 0.011-0.019."""
     rng = np.random.default_rng(0)
