@@ -1248,6 +1248,13 @@ def fit(
     post = _memo(postprocess_fn, ("vmap",), lambda: jax.jit(jax.vmap(postprocess_fn)))
     stats = None
     throughput = None
+    rms_to_best = optima_distances(problem, {k: v for k, v in post(u).items() if k in LATENT_SITES}, losses)
+    near = near_optima_note(losses, rms_to_best, method)
+    if near:
+        notes.append(near)
+    if method in ("map", "svi"):
+        optima = [{"neg_log_joint": float(losses[i]), "rms_to_best_ms": _finite_or_none(rms_to_best[i])}
+                  for i in range(len(losses))]
     if method == "map":
         best = jax.tree.map(lambda x: x[:1], u)
         draws = jax.tree.map(lambda x: np.asarray(x)[None], post(best))
@@ -1293,6 +1300,7 @@ def fit(
                 "log_evidence_laplace": float(log_ev[i]),
                 "weight": float(weights[i]),
                 "chains": int(idx.count(i)),
+                "rms_to_best_ms": _finite_or_none(rms_to_best[i]),
             }
             for i in range(len(losses))
         ]
@@ -1391,6 +1399,60 @@ def _flat_pmj_draws(draws: dict):
     t = np.asarray(draws["pmj_t_ms"]).reshape(c * d, -1)
     s = np.asarray(draws["cv_scale"]).reshape(-1) if "cv_scale" in draws else np.ones(c * d, z.dtype)
     return c, d, z.reshape(c * d, -1, 3), t, s
+
+
+#: Optima whose negative log joint is within this many nats of the best count as rivals of
+#: it (:func:`near_optima_note`).
+NEAR_OPTIMUM_NATS = 10.0
+
+#: ... when their activation maps differ from the best's by more than this RMS (ms), the
+#: threshold that also separates the posterior's activation modes (:func:`_summaries.activation_modes`).
+NEAR_OPTIMUM_RMS_MS = 5.0
+
+
+def _finite_or_none(x) -> float | None:
+    """``float(x)``, or ``None`` (JSON ``null``) when it is NaN or infinite."""
+    return float(x) if np.isfinite(x) else None
+
+
+def optima_distances(problem: FitProblem, optima: dict, losses: np.ndarray) -> np.ndarray:
+    """RMS difference (ms, over nodes) between each MAP optimum's activation map and the best's.
+
+    ``optima``: constrained latents with leading dim ``n_opt`` (best first); ``losses``: their
+    negative log joint (``inf``: a failed start, given NaN). Returns ``(n_opt,)``.
+    """
+    act = posterior_activation(problem, {k: np.asarray(v)[None] for k, v in optima.items()})[0]
+    rms = np.sqrt(np.mean((act - act[:1]) ** 2, axis=1))
+    return np.where(np.isfinite(np.asarray(losses)), rms, np.nan)
+
+
+def near_optima_note(losses: np.ndarray, rms_to_best: np.ndarray, method: str) -> str | None:
+    """A note when the search found rivals of the best optimum: nearly as probable, another map.
+
+    A rival is within :data:`NEAR_OPTIMUM_NATS` of the best's negative log joint and its
+    activation map differs from the best's by more than :data:`NEAR_OPTIMUM_RMS_MS` RMS. The ECG
+    then barely tells the maps apart, and a method that describes one basin (MAP, SVI) or only
+    the basins its chains start in (NUTS) understates the uncertainty. ``None`` without rivals.
+    """
+    losses = np.asarray(losses, np.float64)
+    rms = np.asarray(rms_to_best, np.float64)
+    rivals = [i for i in range(1, losses.size)
+              if np.isfinite(losses[i]) and losses[i] - losses[0] <= NEAR_OPTIMUM_NATS
+              and np.isfinite(rms[i]) and rms[i] > NEAR_OPTIMUM_RMS_MS]
+    if not rivals:
+        return None
+    gaps = ", ".join(f"{losses[i] - losses[0]:.1f}" for i in rivals)
+    what = {
+        "map": "a point estimate shows one of them only",
+        "svi": "SVI describes the best one's basin only, so its intervals leave the others out",
+        "nuts": "NUTS chains sample only the basins they start in (see the weights and chains in map_optima)",
+    }.get(method, "")
+    lo, hi = min(rms[i] for i in rivals), max(rms[i] for i in rivals)
+    return (
+        f"the MAP search found {len(rivals)} other optim{'um' if len(rivals) == 1 else 'a'} within "
+        f"{NEAR_OPTIMUM_NATS:.0f} nats of the best (log joint {gaps} below it) whose activation maps differ "
+        f"from the best's by {lo:.0f}-{hi:.0f} ms RMS: the ECG barely tells these maps apart; " + what
+    )
 
 
 def posterior_activation(problem: FitProblem, draws: dict, exact_min: bool = False, batch: int = 64) -> np.ndarray:

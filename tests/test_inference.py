@@ -132,6 +132,7 @@ def test_nuts_outputs_and_reproducibility(case, tmp_path):
     assert j == json.loads(json.dumps(summary, default=float))
     cap = 2 ** j["max_tree_depth"] - 1
     assert j["max_tree_depth"] == fit.__kwdefaults__["max_tree_depth"]
+    assert j["map_optima"][0]["rms_to_best_ms"] == 0.0 and all("rms_to_best_ms" in o for o in j["map_optima"])
     assert j["tree_depth_saturation"] == pytest.approx(np.mean(r1.sample_stats["n_steps"] >= cap))
     assert any("tree-depth cap" in n for n in j["notes"]) == (j["tree_depth_saturation"] >= 0.5)
     # the stages' wall times: each positive, together no more than the whole fit
@@ -308,6 +309,25 @@ def test_svi_and_map_methods(case, tmp_path):
     assert np.std(r.draws["pmj_t_ms"]) > 0
     m = fit(prob, "map", n_starts=2, map_steps=50, progress=False)
     assert m.draws["pmj_t_ms"].shape == (1, 1, 2)
+    for res in (r, m):  # every method lists the search's optima, with their maps' distance to the best's
+        assert len(res.optima) == 2 and res.optima[0]["rms_to_best_ms"] == 0.0
+        assert res.optima[0]["neg_log_joint"] <= res.optima[1]["neg_log_joint"]
+        assert np.isfinite(res.optima[1]["rms_to_best_ms"]) and res.optima[1]["rms_to_best_ms"] >= 0
+        assert (res.optima[1]["rms_to_best_ms"] > 5 and res.optima[1]["neg_log_joint"] - res.optima[0]["neg_log_joint"]
+                <= 10) == any("other optimum within" in n for n in res.notes)
+
+
+def test_near_optima_note_names_rivals_only():
+    from cdt_bayes._inference import near_optima_note
+
+    losses = np.array([-100.0, -95.0, -99.0, -80.0, np.inf])
+    rms = np.array([0.0, 8.0, 2.0, 12.0, np.nan])  # rival: 5 nats and 8 ms; the others too alike or too poor
+    note = near_optima_note(losses, rms, "svi")
+    assert "found 1 other optimum within 10 nats" in note and "(log joint 5.0 below it)" in note
+    assert "by 8-8 ms RMS" in note and "SVI describes" in note
+    assert near_optima_note(losses, np.array([0.0, 4.9, 2.0, 12.0, np.nan]), "map") is None
+    two = near_optima_note(losses, np.array([0.0, 8.0, 6.0, 12.0, np.nan]), "nuts")
+    assert "found 2 other optima" in two and "by 6-8 ms RMS" in two and "map_optima" in two
 
 
 def test_svi_lowrank_recovers_a_correlated_gaussian():
