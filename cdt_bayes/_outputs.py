@@ -262,12 +262,15 @@ def summarise(problem: FitProblem, result: FitResult, extras: dict) -> tuple[dic
             summary["tree_depth_saturation"] = sat
             if np.isfinite(sat) and sat >= TREE_CAP_NOTE:
                 d = int(result.max_tree_depth)
+                deeper = (
+                    f"--max-tree-depth {d + 2} lets trajectories run 4 times longer, at up to 4 times the cost "
+                    "per draw" if d + 2 <= 12 else "more draws (--num-samples) make up for it"
+                )
                 summary["notes"].append(
                     f"{100 * sat:.0f}% of NUTS iterations stopped at the tree-depth cap ({2**d - 1} leapfrog "
                     f"steps, --max-tree-depth {d}): the trajectories were cut short, so successive draws are "
                     "more correlated (see min_ess_bulk). PMJs that shape no node (dormant) are flat directions "
-                    f"that cause this; --max-tree-depth {d + 2} lets trajectories run 4 times longer, at up to "
-                    "4 times the cost per draw"
+                    f"that cause this; {deeper}"
                 )
         for c, eps, others in S.stuck_chains(result.sample_stats["step_size"]):
             summary["notes"].append(
