@@ -1443,9 +1443,11 @@ def near_optima_note(losses: np.ndarray, rms_to_best: np.ndarray, method: str) -
         return None
     gaps = ", ".join(f"{losses[i] - losses[0]:.1f}" for i in rivals)
     what = {
-        "map": "a point estimate shows one of them only",
-        "svi": "SVI describes the best one's basin only, so its intervals leave the others out",
-        "nuts": "NUTS chains sample only the basins they start in (see the weights and chains in map_optima)",
+        "map": "a point estimate shows one of them only; --method nuts --chain-starts distinct samples several",
+        "svi": "SVI describes the best one's basin only, so its intervals leave the others out; "
+        "--method nuts --chain-starts distinct samples several",
+        "nuts": "NUTS chains sample only the basins they start in (see the weights and chains in map_optima); "
+        "--chain-starts distinct puts one chain in each of the best optima",
     }.get(method, "")
     lo, hi = min(rms[i] for i in rivals), max(rms[i] for i in rivals)
     return (
