@@ -60,6 +60,7 @@ from ._model import (
     straight_travel_time,
 )
 from ._progress import progress_bar
+from ._summaries import MODE_SEPARATION_MS
 
 __all__ = ["FitProblem", "build_problem", "find_map", "fit", "fit_command"]
 
@@ -1407,7 +1408,7 @@ NEAR_OPTIMUM_NATS = 10.0
 
 #: ... when their activation maps differ from the best's by more than this RMS (ms), the
 #: threshold that also separates the posterior's activation modes (:func:`_summaries.activation_modes`).
-NEAR_OPTIMUM_RMS_MS = 5.0
+NEAR_OPTIMUM_RMS_MS = MODE_SEPARATION_MS
 
 
 def _finite_or_none(x) -> float | None:

@@ -299,7 +299,14 @@ def rhat_within_groups(act: np.ndarray, ecg_model: np.ndarray, groups, max_nodes
     return {"max_rhat": float(max(vals)) if vals else float("nan"), "by_group": by}
 
 
-def activation_modes(act: np.ndarray, threshold_ms: float = 5.0, max_draws: int = 400, seed: int = 0) -> dict:
+#: RMS difference (ms) between two activation maps beyond which they count as different
+#: patterns: the cut of :func:`activation_modes`, and what makes a MAP optimum a rival of the
+#: best (:func:`cdt_bayes._inference.near_optima_note`).
+MODE_SEPARATION_MS = 5.0
+
+
+def activation_modes(act: np.ndarray, threshold_ms: float = MODE_SEPARATION_MS, max_draws: int = 400,
+                     seed: int = 0) -> dict:
     """Cluster posterior activation maps into distinct patterns.
 
     Average-linkage hierarchical clustering of (sub-sampled) draws by RMS difference of
