@@ -459,6 +459,15 @@ def build_parser() -> argparse.ArgumentParser:
         "in each optimum, best first, whatever its weight",
     )
     p.add_argument(
+        "--combine-chains",
+        choices=("equal", "stacking"),
+        default="equal",
+        help="how NUTS chains that disagree (R-hat > 1.05) are pooled into the summaries: "
+        "'equal' (default) counts every chain the same; 'stacking' weights each chain by how "
+        "well it predicts ECG samples left out (leave-one-out stacking). posterior.nc keeps the "
+        "chains as sampled; summary.json chain_stacking has the weights either way",
+    )
+    p.add_argument(
         "--max-tree-depth",
         type=_int_at_least(1),
         default=8,
@@ -876,13 +885,14 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ._ecg import ecg_time_grid, simulate_ecg
-    from ._io import atomic_output_dir, read_electrodes_csv, save_mesh_vtu, write_ecg_csv
+    from ._io import atomic_output_dir, check_length_units, read_electrodes_csv, save_mesh_vtu, write_ecg_csv
 
     out = _precheck_out(args.out)
     # All input checks first, silently: a bad input ends with exactly one line.
     mesh = _load_mesh(args)
-    xyz, t = _read_pmjs(args, mesh)
     electrodes = read_electrodes_csv(args.electrodes)
+    check_length_units(mesh, electrodes, args.mesh, args.electrodes)  # before the PMJs: the likelier cause
+    xyz, t = _read_pmjs(args, mesh)
     lf = _lead_field(args, mesh, electrodes, args.electrodes)
     aniso = "isotropic" if mesh.fibres is None else "anisotropic"
     _say(
@@ -956,12 +966,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from ._ecg import ecg_time_grid, simulate_ecg
     from ._eikonal import solve_eikonal
-    from ._io import read_electrodes_csv
+    from ._io import check_length_units, read_electrodes_csv
 
     mesh = _load_mesh(args)
     xyz, t = _read_pmjs(args, mesh)
     if args.electrodes is not None:
         electrodes, source = read_electrodes_csv(args.electrodes), args.electrodes
+        check_length_units(mesh, electrodes, args.mesh, args.electrodes)
     else:
         electrodes, source = _sphere_electrodes(mesh), "sphere electrodes"
     lf = _lead_field(args, mesh, electrodes, source)

@@ -1569,6 +1569,50 @@ def active_pmjs(problem: FitProblem, draws: dict, max_draws: int = 200, seed: in
     return np.array([np.count_nonzero(np.bincount(o, minlength=k)) for o in owner])
 
 
+def pointwise_log_likelihood(problem: FitProblem, draws: dict, ecg_model: np.ndarray) -> np.ndarray:
+    """Log-likelihood of each ECG sample under each draw: ``(chain, draw, n_leads * n_times)``.
+
+    The observations of leave-one-out scores and stacking
+    (:func:`cdt_bayes._summaries.stacking_weights`). ``ecg_model`` is the noise-free model
+    ECG of each draw as :func:`posterior_ecg` returns it: with a baseline term it carries the
+    draw's baseline, so each sample's density is conditional on it. Normal and Student-t
+    noise are independent across samples; with AR(1) noise each sample is scored given the
+    one before it (the innovations form), so the terms still sum to the model's likelihood.
+
+    Parameters
+    ----------
+    problem : FitProblem (its ``obs`` (n_leads, n_times) mV and spec's likelihood)
+    draws : dict of constrained draws, ``sigma_mV`` (chain, draw[, n_leads]) mV and, for
+        AR(1) noise, ``noise_rho`` (chain, draw)
+    ecg_model : (chain, draw, n_leads, n_times) mV
+
+    Returns
+    -------
+    (chain, draw, n_leads * n_times) nats
+    """
+    spec = problem.spec
+    y = np.asarray(problem.obs, np.float64)
+    mu = np.asarray(ecg_model, np.float64)
+    c, d, n_lead, _ = mu.shape
+    s = np.broadcast_to(np.asarray(draws["sigma_mV"], np.float64).reshape(c, d, -1), (c, d, n_lead))[..., None]
+    e = y - mu
+    if spec.likelihood == "student_t":
+        from scipy.stats import t as student_t
+
+        ll = student_t.logpdf(e / s, spec.student_nu) - np.log(s)
+    elif spec.likelihood == "ar1":
+        rho = np.asarray(draws["noise_rho"], np.float64).reshape(c, d, 1, 1)
+        innov = np.concatenate([e[..., :1], e[..., 1:] - rho * e[..., :-1]], axis=-1)
+        var = np.concatenate(
+            [np.broadcast_to(s**2, e[..., :1].shape), np.broadcast_to(s**2 * (1.0 - rho**2), e[..., 1:].shape)],
+            axis=-1,
+        )
+        ll = -0.5 * innov**2 / var - 0.5 * np.log(2 * np.pi * var)
+    else:
+        ll = -0.5 * (e / s) ** 2 - np.log(s) - 0.5 * np.log(2 * np.pi)
+    return ll.reshape(c, d, -1)
+
+
 def posterior_ecg(
     problem: FitProblem,
     draws: dict,

@@ -449,21 +449,29 @@ def _read_opencarp(base: Path):
 
 
 def _node_to_tet(v: np.ndarray, tets: np.ndarray, name: str, what: str) -> np.ndarray | None:
-    """Average node vectors over each tet (signs aligned to vertex 0; directions are axial)."""
+    """Average node vectors over each tet (signs aligned to its longest; directions are axial).
+
+    Zero node fibres (undefined directions) add nothing; a tet whose four are all zero
+    keeps a zero fibre, i.e. isotropic conduction (see :func:`_check_vectors`).
+    """
     v = np.asarray(v, dtype=np.float64)
-    bad = ~np.isfinite(v).all(axis=1) | (np.linalg.norm(v, axis=1) < _ZERO_VEC)
+    nrm = np.linalg.norm(v, axis=1)
+    zero = np.isfinite(nrm) & (nrm < _ZERO_VEC)
+    bad = ~np.isfinite(v).all(axis=1) | (zero if what != "fiber" else False)
     if bad.any():
         raise MeshError(
             f"{name}: {int(bad.sum())} '{what}' vectors are NaN, infinite or zero "
             f"(first: node {int(np.nonzero(bad)[0][0])})"
         )
-    _check_unit(v, name, what, "node")
+    _check_unit(v[~zero], name, what, "node")
     if tets.size and (tets.min() < 0 or tets.max() >= v.shape[0]):
         return None  # validate_mesh reports the bad indices
-    x = v[tets]  # (m, 4, 3)
-    sign = np.where(np.einsum("mai,mi->ma", x, x[:, 0]) < 0, -1.0, 1.0)
+    x = np.where(zero[:, None], 0.0, v)[tets]  # (m, 4, 3)
+    ref = np.take_along_axis(x, np.argmax(np.linalg.norm(x, axis=2), axis=1)[:, None, None], axis=1)[:, 0]
+    sign = np.where(np.einsum("mai,mi->ma", x, ref) < 0, -1.0, 1.0)
     mean = (x * sign[..., None]).sum(axis=1)
-    return mean / np.linalg.norm(mean, axis=1, keepdims=True)
+    mn = np.linalg.norm(mean, axis=1, keepdims=True)
+    return np.where(mn < _ZERO_VEC, 0.0, mean / np.where(mn < _ZERO_VEC, 1.0, mn))
 
 
 def _check_unit(v: np.ndarray, name: str, what: str, where: str) -> None:
@@ -665,16 +673,7 @@ def validate_mesh(mesh: Mesh, name: str, warn_missing_fibres: bool = True) -> Me
         surface = surface.astype(np.int32)
     node_fibres = mesh.node_fibres
     if node_fibres is not None:
-        node_fibres = np.asarray(node_fibres, dtype=np.float64)
-        if node_fibres.shape != (n, 3):
-            raise MeshError(
-                f"{name}: node fibres have shape {node_fibres.shape}, expected ({n}, 3)"
-            )
-        nrm = np.linalg.norm(node_fibres, axis=1, keepdims=True)
-        if not (np.isfinite(nrm).all() and (nrm > _ZERO_VEC).all()):
-            raise MeshError(f"{name}: node 'fiber' vectors are NaN, infinite or zero")
-        _check_unit(node_fibres, name, "fiber", "node")
-        node_fibres = node_fibres / nrm
+        node_fibres = _check_vectors(node_fibres, n, name, "fiber", "node")
 
     if not used.all():
         remap = np.cumsum(used) - 1
@@ -692,20 +691,39 @@ def validate_mesh(mesh: Mesh, name: str, warn_missing_fibres: bool = True) -> Me
     )
 
 
-def _check_vectors(v, m: int, name: str, what: str) -> np.ndarray | None:
+def _check_vectors(v, m: int, name: str, what: str, where: str = "tet") -> np.ndarray | None:
+    """Unit vectors, one per tet (or node): NaN is an error; zero fibres are kept as zero.
+
+    A zero fibre is a direction the mesh's fibre method left undefined (at a singularity of
+    a rule-based field, say): conduction there is isotropic at the cross-fibre velocity
+    (the metric of :func:`cdt_bayes._eikonal.conduction_metric`), with a warning. A zero
+    sheet is an error.
+    """
     if v is None:
         return None
     v = np.asarray(v, dtype=np.float64)
     if v.shape != (m, 3):
-        raise MeshError(f"{name}: '{what}' must have shape ({m}, 3) (one per tet), got {v.shape}")
-    bad = ~np.isfinite(v).all(axis=1) | (np.linalg.norm(v, axis=1) < _ZERO_VEC)
+        raise MeshError(f"{name}: '{what}' must have shape ({m}, 3) (one per {where}), got {v.shape}")
+    nan = ~np.isfinite(v).all(axis=1)
+    zero = ~nan & (np.linalg.norm(np.where(nan[:, None], 0.0, v), axis=1) < _ZERO_VEC)
+    bad = nan | (zero if what != "fiber" else False)
     if bad.any():
         raise MeshError(
             f"{name}: {int(bad.sum())} '{what}' vectors are NaN, infinite or zero "
-            f"(first: tet {int(np.nonzero(bad)[0][0])})"
+            f"(first: {where} {int(np.nonzero(bad)[0][0])})"
         )
-    _check_unit(v, name, what, "tet")
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+    if zero.all():
+        raise MeshError(f"{name}: every '{what}' vector is zero; leave the field out for isotropic conduction")
+    if zero.any():
+        warnings.warn(
+            f"{name}: {int(zero.sum())} of {m} '{what}' vectors are zero (first: {where} "
+            f"{int(np.nonzero(zero)[0][0])}); conduction there is isotropic at the cross-fibre velocity",
+            UserWarning,
+            stacklevel=3,
+        )
+    _check_unit(v[~zero], name, what, where)
+    nrm = np.linalg.norm(v, axis=1, keepdims=True)
+    return np.where(zero[:, None], 0.0, v / np.where(zero[:, None], 1.0, nrm))
 
 
 def save_mesh_vtu(
@@ -884,6 +902,59 @@ def read_pmj_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     _require(name, header, cols)
     a = _numeric(name, header, data, cols)
     return a[:, :3].copy(), a[:, 3].copy()
+
+
+#: Plausible ratio of the electrodes' spread to the mesh's bounding-box diagonal. A torso
+#: lead set spans 3-3.5 times the ventricles (the default heart, dti004); outside these
+#: bounds one of the two files is almost surely in another length unit (m, cm or µm read
+#: as mm). Between the middle and the upper bound only a small mesh is suspect (a heart
+#: in cm spans ~16 "mm", ratio ~30), not a test slab of 20-40 mm.
+ELECTRODE_SPREAD_RATIO = (0.5, 20.0, 100.0)
+#: A mesh smaller than this (bounding-box diagonal, mm) is suspect when the electrodes
+#: span over ``ELECTRODE_SPREAD_RATIO[1]`` times it.
+SMALL_MESH_DIAGONAL_MM = 40.0
+#: Smallest plausible bounding-box diagonal of a mesh, mm (a heart in metres spans ~0.1).
+MIN_MESH_DIAGONAL_MM = 2.0
+
+
+def check_length_units(mesh: Mesh, electrodes: Mapping[str, np.ndarray], mesh_name: str,
+                       electrodes_name: str) -> None:
+    """Raise when the mesh and the electrodes cannot both be in millimetres.
+
+    A mesh in metres read as millimetres runs, but every travel time is 1,000 times too
+    short, so a fit explains nothing while looking complete. Checked: the mesh's
+    bounding-box diagonal (at least :data:`MIN_MESH_DIAGONAL_MM`) and the ratio of the
+    electrodes' largest pairwise distance to it (:data:`ELECTRODE_SPREAD_RATIO`: at least
+    0.5; at most 100, and at most 20 for a mesh under :data:`SMALL_MESH_DIAGONAL_MM`).
+
+    Raises
+    ------
+    InputFileError
+        Naming the file(s) and the ``--units`` option or the electrode columns to fix.
+    """
+    nodes = np.asarray(mesh.nodes, np.float64)
+    diag = float(np.linalg.norm(nodes.max(0) - nodes.min(0)))
+    if diag < MIN_MESH_DIAGONAL_MM:
+        raise InputFileError(
+            f"{mesh_name}: the mesh spans only {diag:.3g} mm (bounding-box diagonal); a heart spans about "
+            "100 mm: if its coordinates are in m or cm, pass --units m or --units cm"
+        )
+    xyz = np.asarray([np.asarray(v, np.float64) for v in electrodes.values()])
+    if xyz.shape[0] < 2:
+        return
+    spread = float(np.max(np.linalg.norm(xyz[:, None] - xyz[None], axis=-1)))
+    lo, mid, hi = ELECTRODE_SPREAD_RATIO
+    if spread < lo * diag:
+        raise InputFileError(
+            f"{electrodes_name}: the electrodes span {spread:.3g} mm but the mesh {mesh_name} spans {diag:.3g} mm: "
+            "electrodes sit on the torso, around the heart; are their coordinates in m or cm? (the columns "
+            "x_mm,y_mm,z_mm are millimetres; the mesh's unit is set by --units)"
+        )
+    if spread > hi * diag or (spread > mid * diag and diag < SMALL_MESH_DIAGONAL_MM):
+        raise InputFileError(
+            f"{mesh_name}: the mesh spans only {diag:.3g} mm but the electrodes in {electrodes_name} span "
+            f"{spread:.3g} mm: is the mesh in another unit? (pass --units m, cm or um)"
+        )
 
 
 def read_electrodes_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:

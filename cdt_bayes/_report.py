@@ -384,6 +384,11 @@ _ADVICE = {
         "mixed, and the intervals are too narrow. Run longer (--num-warmup, --num-samples, "
         "--time-budget); fewer PMJs (--n-pmj) make the posterior easier to sample."
     ),
+    "stacking": (
+        "The maps and intervals pool the chains by these weights. A chain near 0 sits in a "
+        "pattern that predicts the ECG worse than the others; --combine-chains equal counts "
+        "every chain the same, for comparison."
+    ),
     "agree": (
         "The chains found different answers: run more and longer chains; compare the "
         "patterns in the Identifiability section before trusting any single map."
@@ -505,6 +510,17 @@ def traffic_lights(summary: dict) -> list[Light]:
                         "chains that started in the same MAP optimum; near 1 means the chains "
                         "disagree because the posterior has separate modes, not because they failed to mix",
                         _ADVICE["within"],
+                    )
+                stack = summary.get("chain_stacking")
+                if not ok and isinstance(stack, dict) and stack.get("applied"):
+                    ws = [_num(w) for w in stack.get("weights", [])]
+                    add(
+                        "chains weighted by stacking",
+                        ", ".join(f"{w:.2f}" for w in ws),
+                        "amber",
+                        "each chain's share of the summaries, by how well it predicts ECG samples left "
+                        "out of the fit (leave-one-out stacking) rather than one share per chain",
+                        _ADVICE["stacking"],
                     )
     r = _num(summary.get("ecg_correlation"))
     if math.isfinite(r):

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import meshio
@@ -428,9 +429,13 @@ def test_bad_units_and_usage(box, capsys):
     assert_one_line_error(rc, err, "frobnicate")
 
 
-def test_units_mismatch_puts_pmjs_outside(box, capsys):
-    # a mesh read as um is 0.01 mm wide: the PMJs (in mm) lie far outside it
+def test_units_mismatch_is_an_error(box, capsys):
+    # a mesh read as um is 0.017 mm across: too small for a heart, whatever the PMJs
     rc, _, err = run(capsys, *simulate_args(box, **{"--units": "um"}))
+    assert_one_line_error(rc, err, "box.vtu", "0.0173 mm", "--units")
+    # PMJs in another frame than a plausible mesh lie outside it
+    write_text(box.pmj, "x_mm,y_mm,z_mm,t_ms\n2000,2000,2000,0\n")
+    rc, _, err = run(capsys, *simulate_args(box))
     assert_one_line_error(rc, err, "pmj.csv", "outside")
 
 
@@ -682,3 +687,58 @@ def test_fit_forward_error_default_is_the_librarys():
 
     plain = build_parser().parse_args(["fit", "--mesh", "m", "--ecg", "e", "--electrodes", "el", "--out", "o"])
     assert plain.forward_error_draws == FORWARD_ERROR_DRAWS
+
+
+def test_fit_combine_chains_option():
+    from cdt_bayes._cli import build_parser
+    from cdt_bayes._outputs import COMBINE_CHAINS
+
+    base = ["fit", "--mesh", "m", "--ecg", "e", "--electrodes", "el", "--out", "o"]
+    assert build_parser().parse_args(base).combine_chains == COMBINE_CHAINS == "equal"
+    assert build_parser().parse_args(base + ["--combine-chains", "stacking"]).combine_chains == "stacking"
+    from cdt_bayes._cli import _UsageError
+
+    with pytest.raises(_UsageError, match="combine-chains"):
+        build_parser().parse_args(base + ["--combine-chains", "bogus"])
+
+
+def _fit_args(mesh, ecg, electrodes, out):
+    return ["fit", "--mesh", mesh, "--ecg", ecg, "--electrodes", electrodes, "--out", out, "--method", "map"]
+
+
+def test_lengths_in_another_unit_are_errors(box, tmp_path, capsys):
+    ecg = write_text(tmp_path / "ecg.csv", "time_ms,I,II\n" + "".join(f"{t},{t / 40},{t / 30}\n" for t in range(40)))
+    # a mesh in metres, read as mm: 0.017 mm across
+    metres = write_vtu(tmp_path / "box_m.vtu", box.nodes / 1000.0, box.tets)
+    rc, _, err = run(capsys, *_fit_args(metres, ecg, box.electrodes, box.out))
+    assert_one_line_error(rc, err, "box_m.vtu", "--units m", out_dir=box.out)
+    rc, _, err = run(capsys, *simulate_args(box, **{"--mesh": metres}))
+    assert_one_line_error(rc, err, "box_m.vtu", "--units", out_dir=box.out)
+    # a small mesh (3 mm across a side) far inside a torso-sized lead set: a heart in cm
+    cm = write_vtu(tmp_path / "box_cm.vtu", box.nodes * 0.3, box.tets)
+    rc, _, err = run(capsys, *_fit_args(cm, ecg, box.electrodes, box.out))
+    assert_one_line_error(rc, err, "box_cm.vtu", "another unit", out_dir=box.out)
+    # electrodes in metres around a mesh in mm
+    el_m = write_electrodes(tmp_path / "el_m.csv", {k: tuple(np.asarray(v) / 1000.0) for k, v in BOX_ELECTRODES.items()})
+    rc, _, err = run(capsys, *_fit_args(box.mesh, ecg, el_m, box.out))
+    assert_one_line_error(rc, err, "el_m.csv", "m or cm", out_dir=box.out)
+    # the same box and electrodes in mm pass
+    from cdt_bayes._io import check_length_units, load_mesh, read_electrodes_csv
+
+    check_length_units(load_mesh(box.mesh), read_electrodes_csv(box.electrodes), "box.vtu", "electrodes.csv")
+
+
+def test_fit_lead_errors_name_the_files(box, tmp_path, capsys):
+    ecg = write_text(tmp_path / "bspm.csv", "time_ms,I,E1\n" + "".join(f"{t},{t / 40},{t / 30}\n" for t in range(40)))
+    rc, _, err = run(capsys, *_fit_args(box.mesh, ecg, box.electrodes, box.out))
+    assert_one_line_error(rc, err, "bspm.csv", "E1", "electrodes.csv", out_dir=box.out)
+
+
+def test_an_ecg_in_microvolts_is_warned_about():
+    from cdt_bayes._outputs import ECG_PEAK_WARN_MV, warn_ecg_scale
+
+    with pytest.warns(UserWarning, match=r"ecg\.csv: the ECG peaks at 1200.*µV"):
+        assert warn_ecg_scale("ecg.csv", np.array([[0.0, -1200.0, 300.0]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not warn_ecg_scale("ecg.csv", np.array([[0.0, -0.9 * ECG_PEAK_WARN_MV, 2.5]]))

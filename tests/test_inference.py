@@ -106,6 +106,33 @@ def test_smoothed_misfit_is_a_search_device_only(case):
             np.testing.assert_allclose(float(potential_fn(jax.tree.map(lambda x: x[i], u))), losses[i], rtol=1e-5, atol=1e-3)
 
 
+def test_disagreeing_chains_are_pooled_by_stacking_weights(case):
+    from cdt_bayes._outputs import summarise, to_inference_data
+
+    prob, _, _ = case
+    r = fit(prob, "nuts", chains=2, num_warmup=20, num_samples=20, seed=3, n_starts=4, map_steps=150, progress=False)
+    _, ex = to_inference_data(prob, r, n_prior=10, forward_error_draws=0)
+    # chain 2 made to sit in another "basin": later activation, and a model ECG far off the data
+    act = ex["activation"].copy()
+    act[1] += 20.0
+    mu = ex["ecg_model"].copy()
+    mu[1] += 0.5 * np.abs(prob.obs).max()
+    ex = {**ex, "activation": act, "ecg_model": mu}
+    node, summ, _ = summarise(prob, r, ex, "stacking")
+    st = summ["chain_stacking"]
+    assert summ["max_rhat"] > 1.05 and st["applied"]
+    assert st["weights"][1] < 0.01 and st["elpd_loo"][1] < st["elpd_loo"][0]
+    np.testing.assert_allclose(node["mean"], act[0].mean(0), atol=0.05 * 20.0)
+    assert any("stacking weights" in n for n in summ["notes"])
+    # equal pooling (the default): the plain mean over both chains; the weights are still reported
+    node_eq, summ_eq, _ = summarise(prob, r, ex)  # the default
+    np.testing.assert_allclose(node_eq["mean"], act.reshape(-1, act.shape[-1]).mean(0), rtol=1e-6)
+    assert not summ_eq["chain_stacking"]["applied"] and summ_eq["chain_stacking"]["weights"] == st["weights"]
+    assert summ_eq["max_rhat"] == summ["max_rhat"]  # diagnostics see the chains as sampled
+    with pytest.raises(CdtBayesError, match="combine-chains"):
+        summarise(prob, r, ex, "bogus")
+
+
 def test_nuts_outputs_and_reproducibility(case, tmp_path):
     prob, t_act, _ = case
     kw = dict(chains=2, num_warmup=20, num_samples=20, seed=3, n_starts=4, map_steps=150, progress=False)

@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import meshio
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import box_mesh, box_surface_labels, write_opencarp
@@ -436,19 +437,45 @@ def test_mesh_non_unit_fibres():
     np.testing.assert_allclose(validate_mesh(m.replace(fibres=fib), "h.vtu").fibres, m.fibres)
 
 
-def test_mesh_nan_or_zero_fibres(tmp_path):
+def test_mesh_nan_fibres_are_errors(tmp_path):
     m = _mesh()
     fib = m.fibres.copy()
     fib[2] = np.nan
     with pytest.raises(MeshError, match="NaN, infinite or zero"):
         validate_mesh(m.replace(fibres=fib), "h.vtu")
     nf = np.tile([1.0, 0, 0], (m.n_nodes, 1))
-    nf[3] = 0.0
+    nf[3] = np.inf
     f = _vtu(tmp_path / "h.vtu", m.nodes, m.tets, {"fiber": nf})
     with pytest.raises(
         MeshError, match=r"1 'fiber' vectors are NaN, infinite or zero \(first: node 3\)"
     ):
         load_mesh(f)
+
+
+def test_zero_fibres_mean_isotropic_conduction_there(tmp_path):
+    """Real meshes leave some fibre directions undefined (zero): kept as zero, with a warning."""
+    m = _mesh()
+    fib = m.fibres.copy()
+    fib[[2, 5]] = 0.0
+    with pytest.warns(UserWarning, match=r"h\.vtu: 2 of \d+ 'fiber' vectors are zero \(first: tet 2\).*isotropic"):
+        out = validate_mesh(m.replace(fibres=fib), "h.vtu")
+    assert np.all(out.fibres[[2, 5]] == 0.0)
+    np.testing.assert_allclose(np.linalg.norm(np.delete(out.fibres, [2, 5], 0), axis=1), 1.0)
+    # the eikonal metric of a zero fibre is the isotropic cross-fibre one
+    from cdt_bayes._eikonal import conduction_metric
+
+    d = np.asarray(conduction_metric(jnp.asarray(out.fibres[[1, 2]]), 0.6, 0.4))
+    np.testing.assert_allclose(d[1], np.eye(3) * d[1, 0, 0], atol=1e-7)
+    assert not np.allclose(d[0], np.eye(3) * d[0, 0, 0])
+    with pytest.raises(MeshError, match="every 'fiber' vector is zero"):
+        validate_mesh(m.replace(fibres=np.zeros_like(fib)), "h.vtu")
+    # zero node fibres: a tet keeps the mean of its other nodes' directions
+    nf = np.tile([1.0, 0, 0], (m.n_nodes, 1))
+    nf[3] = 0.0
+    f = _vtu(tmp_path / "h.vtu", m.nodes, m.tets, {"fiber": nf})
+    with pytest.warns(UserWarning, match="1 of .* 'fiber' vectors are zero .first: node 3"):
+        loaded = load_mesh(f)
+    np.testing.assert_allclose(loaded.fibres, np.tile([1.0, 0, 0], (m.n_tets, 1)))
 
 
 def test_mesh_bad_surface_labels():

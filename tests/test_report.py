@@ -479,6 +479,18 @@ def test_within_optimum_rhat_light(within, level):
     assert not [x for x in traffic_lights({**s, "chains_agree": True, "max_rhat": 1.0}) if "within" in x.name]
 
 
+@pytest.mark.parametrize("applied", [True, False])
+def test_stacking_weights_light(applied):
+    s = {"method": "nuts", "n_chains": 3, "n_draws": 500, "max_rhat": 3.0, "min_ess_bulk": 10,
+         "min_ess_tail": 10, "divergences": 0, "chains_agree": False, "ecg_correlation": 0.99,
+         "chain_stacking": {"weights": [0.61, 0.39, 0.0], "elpd_loo": [-1.0, -1.2, -9.0], "applied": applied}}
+    found = [x for x in traffic_lights(s) if "stacking" in x.name]
+    if applied:
+        assert [x.value for x in found] == ["0.61, 0.39, 0.00"] and found[0].level == "amber" and found[0].advice
+    else:  # --combine-chains equal: the summaries are not weighted, so no such row
+        assert not found
+
+
 @pytest.mark.parametrize("sat, level", [(0.0, "green"), (0.05, "green"), (0.3, "amber"), (1.0, "amber"), (None, None)])
 def test_tree_cap_light(sat, level):
     s = {"method": "nuts", "n_chains": 4, "n_draws": 500, "max_rhat": 1.0, "min_ess_bulk": 1000,

@@ -73,3 +73,75 @@ def test_stuck_chains_flags_a_collapsed_step_size():
     assert mine == pytest.approx(0.000132, rel=0.11) and others == pytest.approx(0.0179, rel=0.11)
     assert S.stuck_chains(eps[:3]) == []  # spread within 2x: nothing flagged
     assert S.stuck_chains(eps[:1]) == []  # one chain: nothing to compare with
+
+
+def test_loo_log_density_matches_the_conjugate_normal_model():
+    # y_i ~ N(m, 1), m ~ N(0, 10^2): the exact leave-one-out predictive is
+    # N(y_i; mean of m given y_{-i}, 1 + var of m given y_{-i}).
+    rng = np.random.default_rng(0)
+    y = rng.normal(0.7, 1.0, 30)
+    prec = 1 / 100 + y.size
+    m = rng.normal(y.sum() / prec, 1 / np.sqrt(prec), 20000)
+    ll = -0.5 * (y[None] - m[:, None]) ** 2 - 0.5 * np.log(2 * np.pi)
+    prec_i = 1 / 100 + y.size - 1
+    mean_i = (y.sum() - y) / prec_i
+    var_i = 1 + 1 / prec_i
+    exact = -0.5 * (y - mean_i) ** 2 / var_i - 0.5 * np.log(2 * np.pi * var_i)
+    np.testing.assert_allclose(S.loo_log_density(ll), exact, atol=0.01)
+    # LOO is not the in-sample fit: that would score every point higher
+    assert np.all(np.log(np.exp(ll).mean(0)) > exact)
+
+
+def _chain_loglik(rng, y, centre, n=400):
+    m = rng.normal(centre, 0.05, n)
+    return -0.5 * (y[None] - m[:, None]) ** 2 - 0.5 * np.log(2 * np.pi)
+
+
+def test_stacking_drops_a_chain_the_data_disfavour():
+    rng = np.random.default_rng(1)
+    y = rng.normal(0.0, 1.0, 200)
+    ll = np.stack([_chain_loglik(rng, y, 0.0), _chain_loglik(rng, y, 0.0), _chain_loglik(rng, y, 1.5)])
+    out = S.stacking_weights(ll)
+    assert out["weights"].shape == (3,)
+    assert out["weights"].sum() == pytest.approx(1.0)
+    assert out["weights"][2] < 0.02
+    assert out["elpd_loo"][2] < out["elpd_loo"][0] - 50
+    assert out["elpd_loo_stacked"] >= out["elpd_loo"].max() - 1e-4  # the optimum is at least the best chain
+
+
+def test_stacking_keeps_two_chains_that_each_explain_half_the_data():
+    # two groups of observations, each predicted well by one chain only: the mixture needs both
+    rng = np.random.default_rng(2)
+    y = np.concatenate([rng.normal(-2.0, 0.3, 100), rng.normal(2.0, 0.3, 100)])
+
+    def chain(c):
+        m = rng.normal(c, 0.05, 400)
+        return -0.5 * ((y[None] - m[:, None]) / 0.3) ** 2 - np.log(0.3) - 0.5 * np.log(2 * np.pi)
+
+    out = S.stacking_weights(np.stack([chain(-2.0), chain(2.0)]))
+    np.testing.assert_allclose(out["weights"], [0.5, 0.5], atol=0.02)
+    assert out["elpd_loo_stacked"] > out["elpd_loo"].max() + 100
+
+
+def test_stacking_rejects_bad_input():
+    with pytest.raises(ValueError, match="chain, draw, n_obs"):
+        S.stacking_weights(np.zeros((4, 10)))
+    with pytest.raises(ValueError, match="non-finite"):
+        S.stacking_weights(np.full((2, 10, 3), np.nan))
+    with pytest.raises(ValueError, match="draw >= 2"):
+        S.loo_log_density(np.zeros((1, 5)))
+
+
+def test_pool_draws_follows_the_weights():
+    idx = S.pool_draws(3, 100, [0.5, 0.5, 0.0])
+    assert idx.shape == (300,)
+    chain = idx // 100
+    assert np.bincount(chain, minlength=3).tolist() == [150, 150, 0]
+    # a chain's share is spread over all its draws, not its first ones
+    assert set(idx[chain == 1] % 100) == set(range(100))
+    # equal weights give every draw exactly once
+    assert sorted(S.pool_draws(4, 10, np.full(4, 0.25))) == list(range(40))
+    x = np.stack([np.zeros(100), np.ones(100), np.full(100, 2.0)]).reshape(-1)
+    assert x[S.pool_draws(3, 100, [0.2, 0.0, 0.8])].mean() == pytest.approx(0.2 * 0 + 0.8 * 2)
+    with pytest.raises(ValueError, match="summing to 1"):
+        S.pool_draws(2, 10, [0.3, 0.3])
