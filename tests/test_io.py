@@ -1,8 +1,8 @@
 import os
 from pathlib import Path
 
-import meshio
 import jax.numpy as jnp
+import meshio
 import numpy as np
 import pytest
 from helpers import box_mesh, box_surface_labels, write_opencarp
