@@ -504,6 +504,7 @@ def find_map(
     search_deadline: float | None = None,
     search_log: list | None = None,
     smooth_ms: float = SEARCH_SMOOTH_MS,
+    initial: tuple | None = None,
 ):
     """Multi-start MAP in the unconstrained space (Adam, the Geodesic-BP baseline).
 
@@ -525,7 +526,8 @@ def find_map(
     the optimum next to the truth), and the PMJs of a local optimum cannot cross the
     barriers between basins by small steps. No new round starts after ``search_deadline``
     (a ``time.time()`` value). ``search_log``, a list, receives the best loss before the
-    rounds and after each round run.
+    rounds and after each round run. ``initial``, the ``(starts, losses)`` of an earlier
+    call on the same problem with ``search_rounds=0``, skips the multi-start.
 
     Returns
     -------
@@ -541,16 +543,19 @@ def find_map(
     # other sites move the same fraction of their prior spread per step.
     spread = {k: float(np.std(np.asarray(v))) + 1e-3 for k, v in u0.items()}
     rates = {k: lr * spread[k] / spread["pmj_xyz_mm"] for k in u0}
-    with progress_bar(total=2, desc=f"MAP ({n_starts} starts x {steps} Adam steps)", disable=not progress) as bar:
-        u0 = _screen(u_fn, u0, n_starts)
-        bar.update(1)
-        u, loss, _ = _adam(u_fn, u0, steps, rates, smooth_ms=smooth_ms)
-        loss = np.asarray(loss)
-        bar.update(1)
-    loss = np.where(np.isfinite(loss), loss, np.inf)
-    order = np.argsort(loss)
-    u = jax.tree.map(lambda x: x[order], u)
-    loss = loss[order]
+    if initial is not None:
+        u, loss = initial
+    else:
+        with progress_bar(total=2, desc=f"MAP ({n_starts} starts x {steps} Adam steps)", disable=not progress) as bar:
+            u0 = _screen(u_fn, u0, n_starts)
+            bar.update(1)
+            u, loss, _ = _adam(u_fn, u0, steps, rates, smooth_ms=smooth_ms)
+            loss = np.asarray(loss)
+            bar.update(1)
+        loss = np.where(np.isfinite(loss), loss, np.inf)
+        order = np.argsort(loss)
+        u = jax.tree.map(lambda x: x[order], u)
+        loss = loss[order]
     if search_rounds > 0:
         u, loss = _basin_hops(
             problem, u_fn, u, loss, rates, jax.random.fold_in(key, 1), supports,
@@ -1133,6 +1138,56 @@ class FitResult:
     nuts_throughput: dict | None = None
     #: NUTS: the tree-depth cap the chains ran with (``2**max_tree_depth - 1`` leapfrog steps)
     max_tree_depth: int | None = None
+    #: the problem actually fitted when it differs from the one given: after
+    #: ``[pmj] t_max_select`` (:func:`select_time_prior`) it carries the choice in
+    #: ``pmj_times["selection"]``, and the wider prior when that won; ``None``: the one given
+    problem: FitProblem | None = None
+
+
+def select_time_prior(problem: FitProblem, key, n_starts: int = 8, steps: int = 400, lr: float = 0.75,
+                      smooth_ms: float = SEARCH_SMOOTH_MS, progress: bool = False):
+    """Choose the PMJ time prior's upper bound between the spec's and the ECG window's length.
+
+    Under ``Uniform(0, t_max_ms)`` with a short ``t_max_ms`` (40 ms by default), a PMJ the
+    data do not need can only stay silent (dormant) where the wave arrives before its
+    time, i.e. near the early sites. When few sites activate the heart slowly, those
+    regions are small and the search cannot park the surplus PMJs there: it settles in a
+    wrong basin. Under ``Uniform(0, W)``, ``W`` the window's length, a surplus PMJ can start
+    after the wave reaches it anywhere. Both priors run the same multi-start MAP; the one
+    whose best optimum has the higher log joint is kept (an empirical-Bayes choice; the
+    log joints include each prior's normalisation, ``−K log t_max``).
+
+    Returns
+    -------
+    problem : FitProblem (``problem`` itself, or a copy with the wider prior)
+    initial : (starts, losses) of the chosen problem's multi-start, for :func:`find_map`
+    record : dict or None (``None`` when the window is not longer than ``t_max_ms``):
+        ``t_max_ms`` of both candidates, their best ``neg_log_joint`` and ``chosen``
+        (``"spec"`` or ``"window"``)
+    """
+    spec = problem.spec
+    window = float(problem.data.times[-1] - problem.data.times[0])
+    if not spec.t_max_select or window <= spec.t_max_ms + 1.0:
+        return problem, None, None
+    wide = dataclasses.replace(problem, spec=spec.replace(t_max_ms=window))
+    if problem.pmj_times is not None:
+        wide = dataclasses.replace(wide, pmj_times={**problem.pmj_times, "t_max_ms": window})
+    out = {}
+    for name, prob in (("spec", problem), ("window", wide)):
+        u, loss, *_ = find_map(prob, key, n_starts=n_starts, steps=steps, lr=lr, progress=progress,
+                               search_rounds=0, smooth_ms=smooth_ms)
+        out[name] = (prob, (u, loss))
+    best = {k: float(v[1][1][0]) for k, v in out.items()}
+    chosen = "window" if best["window"] < best["spec"] else "spec"
+    record = {
+        "t_max_ms": {"spec": float(spec.t_max_ms), "window": window},
+        "neg_log_joint": best,
+        "chosen": chosen,
+    }
+    prob, initial = out[chosen]
+    if prob.pmj_times is not None:
+        prob = dataclasses.replace(prob, pmj_times={**prob.pmj_times, "selection": record})
+    return prob, initial, record
 
 
 def fit(
@@ -1229,15 +1284,31 @@ def fit(
     if not (np.isfinite(search_smooth_ms) and 0 <= search_smooth_ms <= 50):
         raise CdtBayesError(f"--search-smooth-ms {search_smooth_ms}: must be between 0 and 50 ms")
     search_log: list[float] = []
+    given = problem
+    problem, initial, prior_choice = select_time_prior(
+        problem, k_map, n_starts=n_starts, steps=map_steps, lr=map_lr, smooth_ms=float(search_smooth_ms),
+        progress=progress,
+    )
     u, losses, potential_fn, postprocess_fn, _ = find_map(
         problem, k_map, n_starts=n_starts, steps=map_steps, lr=map_lr, progress=progress,
         search_rounds=search_rounds,
         search_deadline=None if deadline is None else t0 + 0.25 * time_budget_s,
         search_log=search_log,
         smooth_ms=float(search_smooth_ms),
+        initial=initial,
     )
     stage = {"search": time.time() - t0}
     notes: list[str] = []
+    if prior_choice is not None:
+        tm, nl = prior_choice["t_max_ms"], prior_choice["neg_log_joint"]
+        gap = abs(nl["spec"] - nl["window"])
+        if prior_choice["chosen"] == "window":
+            notes.append(
+                f"PMJ initiation times were given the prior Uniform(0, {tm['window']:.0f}) ms, the ECG window's "
+                f"length, instead of Uniform(0, {tm['spec']:.0f}) ms: its multi-start MAP reached a log joint "
+                f"{gap:.0f} nats higher. PMJs the ECG does not need can then start after the wave reaches them, "
+                "anywhere (few activation sites, or slow conduction); [pmj] t_max_select = false keeps the spec's"
+            )
     rounds_run = max(len(search_log) - 1, 0)
     if search_rounds > 0:
         notes.append(
@@ -1359,6 +1430,7 @@ def fit(
         {k: round(float(v), 3) for k, v in stage.items()},
         throughput,
         max_tree_depth if method == "nuts" else None,
+        None if problem is given else problem,
     )
 
 

@@ -113,6 +113,7 @@ _SCHEMA: dict[str, dict[str, type | tuple]] = {
         "kernel_mm": float,
         "prior_kernel_mm": float,
         "t_max_ms": float,
+        "t_max_select": bool,
         "interpolation": str,
         "split_ventricles": bool,
         "n_pmj_lv": int,
@@ -168,6 +169,7 @@ class ModelSpec:
     n_pmj_lv: int = -1
     baseline: str = "none"
     baseline_rel_sd: float = 0.2
+    t_max_select: bool = False
     source: str = ""
 
     def replace(self, **kw) -> ModelSpec:

@@ -78,6 +78,9 @@ def to_inference_data(problem: FitProblem, result: FitResult, seed: int = 0, n_p
     """
     import arviz as az
 
+    if result.problem is not None:  # the fit widened the PMJ time prior (select_time_prior)
+        problem = result.problem
+
     key = jax.random.key(seed + 7919)
     k1, k2 = jax.random.split(key)
     act = posterior_activation(problem, result.draws)
@@ -154,6 +157,8 @@ def summarise(problem: FitProblem, result: FitResult, extras: dict,
     """
     if combine_chains not in ("stacking", "equal"):
         raise CdtBayesError(f"--combine-chains {combine_chains}: must be stacking or equal")
+    if result.problem is not None:  # the fit widened the PMJ time prior (select_time_prior)
+        problem = result.problem
     act_chains = extras["activation"]
     n_chain, n_draw = act_chains.shape[:2]
     fe = extras.get("forward_error")
@@ -269,7 +274,8 @@ def summarise(problem: FitProblem, result: FitResult, extras: dict,
             )
     if problem.pmj_times is not None:
         summary["pmj_time_prior"] = problem.pmj_times
-        if problem.pmj_times["extended"]:
+        widened = problem.pmj_times.get("selection", {}).get("chosen") == "window"
+        if problem.pmj_times["extended"] and not widened:
             on = problem.pmj_times["qrs_onset_ms"]
             summary["notes"].append(
                 f"the QRS starts {on:.0f} ms into the fitted ECG: PMJ initiation times were given the prior "
