@@ -1138,10 +1138,11 @@ class FitResult:
     nuts_throughput: dict | None = None
     #: NUTS: the tree-depth cap the chains ran with (``2**max_tree_depth - 1`` leapfrog steps)
     max_tree_depth: int | None = None
-    #: the problem actually fitted when it differs from the one given: after
-    #: ``[pmj] t_max_select`` (:func:`select_time_prior`) it carries the choice in
-    #: ``pmj_times["selection"]``, and the wider prior when that won; ``None``: the one given
+    #: the problem actually fitted when it differs from the one given (the wider PMJ time
+    #: prior of ``[pmj] t_max_select`` won, :func:`select_time_prior`); ``None``: the one given
     problem: FitProblem | None = None
+    #: ``[pmj] t_max_select``: the record of :func:`select_time_prior` (``None``: no choice made)
+    time_prior: dict | None = None
 
 
 def select_time_prior(problem: FitProblem, key, n_starts: int = 8, steps: int = 400, lr: float = 0.75,
@@ -1159,7 +1160,8 @@ def select_time_prior(problem: FitProblem, key, n_starts: int = 8, steps: int = 
 
     Returns
     -------
-    problem : FitProblem (``problem`` itself, or a copy with the wider prior)
+    problem : FitProblem (``problem`` itself, or its copy with the wider prior, built once
+        per problem so that a later fit reuses its compiled programs)
     initial : (starts, losses) of the chosen problem's multi-start, for :func:`find_map`
     record : dict or None (``None`` when the window is not longer than ``t_max_ms``):
         ``t_max_ms`` of both candidates, their best ``neg_log_joint`` and ``chosen``
@@ -1169,9 +1171,14 @@ def select_time_prior(problem: FitProblem, key, n_starts: int = 8, steps: int = 
     window = float(problem.data.times[-1] - problem.data.times[0])
     if not spec.t_max_select or window <= spec.t_max_ms + 1.0:
         return problem, None, None
-    wide = dataclasses.replace(problem, spec=spec.replace(t_max_ms=window))
-    if problem.pmj_times is not None:
-        wide = dataclasses.replace(wide, pmj_times={**problem.pmj_times, "t_max_ms": window})
+
+    def build_wide():  # one object per problem: its compiled programs are reused by later fits
+        wide = dataclasses.replace(problem, spec=spec.replace(t_max_ms=window))
+        if problem.pmj_times is not None:
+            wide = dataclasses.replace(wide, pmj_times={**problem.pmj_times, "t_max_ms": window})
+        return wide
+
+    wide = _memo(problem, ("wide time prior", window), build_wide)
     out = {}
     for name, prob in (("spec", problem), ("window", wide)):
         u, loss, *_ = find_map(prob, key, n_starts=n_starts, steps=steps, lr=lr, progress=progress,
@@ -1185,8 +1192,6 @@ def select_time_prior(problem: FitProblem, key, n_starts: int = 8, steps: int = 
         "chosen": chosen,
     }
     prob, initial = out[chosen]
-    if prob.pmj_times is not None:
-        prob = dataclasses.replace(prob, pmj_times={**prob.pmj_times, "selection": record})
     return prob, initial, record
 
 
@@ -1431,6 +1436,7 @@ def fit(
         throughput,
         max_tree_depth if method == "nuts" else None,
         None if problem is given else problem,
+        prior_choice,
     )
 
 

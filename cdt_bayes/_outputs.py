@@ -273,8 +273,10 @@ def summarise(problem: FitProblem, result: FitResult, extras: dict,
                 )
             )
     if problem.pmj_times is not None:
-        summary["pmj_time_prior"] = problem.pmj_times
-        widened = problem.pmj_times.get("selection", {}).get("chosen") == "window"
+        summary["pmj_time_prior"] = dict(problem.pmj_times)
+        if result.time_prior is not None:
+            summary["pmj_time_prior"]["selection"] = result.time_prior
+        widened = result.time_prior is not None and result.time_prior["chosen"] == "window"
         if problem.pmj_times["extended"] and not widened:
             on = problem.pmj_times["qrs_onset_ms"]
             summary["notes"].append(
