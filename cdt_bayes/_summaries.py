@@ -19,6 +19,9 @@ __all__ = [
     "activation_modes",
     "identifiability",
     "stuck_chains",
+    "loo_log_density",
+    "stacking_weights",
+    "pool_draws",
 ]
 
 
