@@ -73,7 +73,7 @@ def test_time_prior_widened_for_a_slow_few_site_activation():
     tt = ecg_time_grid(truth)
     ecg = np.asarray(simulate_ecg(truth, lf.matrix, tt), np.float64)
     prob = build_problem(mesh, tt, list(lf.names), ecg, el, load_spec("default"), progress=False)
-    res = fit(prob, "map", seed=0, progress=False)
+    res = fit(prob, "map", seed=0, n_starts=4, map_steps=300, progress=False)
     _, ex = to_inference_data(prob, res, n_prior=10, forward_error_draws=0)
     node, summ, _ = summarise(prob, res, ex)
     sel = summ["pmj_time_prior"]["selection"]
