@@ -164,13 +164,14 @@ def summarise(problem: FitProblem, result: FitResult, extras: dict,
     fe = extras.get("forward_error")
     diag = stack = None
     pool = None  # flat draw indices of the weighted pool (None: every draw once)
+    chains_agree = True
     if result.method == "nuts":
         diag = S.diagnostics(act_chains, extras["ecg_model"])
+        chains_agree = bool(np.isfinite(diag["max_rhat"]) and diag["max_rhat"] <= 1.05)
         if n_chain > 1:
             ll = pointwise_log_likelihood(problem, result.draws, extras["ecg_model"])
             stack = S.stacking_weights(ll)
-            agree = bool(np.isfinite(diag["max_rhat"]) and diag["max_rhat"] <= 1.05)
-            if not agree and combine_chains == "stacking":
+            if not chains_agree and combine_chains == "stacking":
                 pool = S.pool_draws(n_chain, n_draw, stack["weights"])
 
     def pooled(x):
@@ -291,7 +292,6 @@ def summarise(problem: FitProblem, result: FitResult, extras: dict,
         )
     if result.method == "nuts":
         div = int(np.sum(result.sample_stats["diverging"]))
-        chains_agree = bool(np.isfinite(diag["max_rhat"]) and diag["max_rhat"] <= 1.05)
         summary.update(
             {
                 "max_rhat": diag["max_rhat"],
