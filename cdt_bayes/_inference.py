@@ -388,23 +388,27 @@ def _prior_unconstrained(problem: FitProblem, key, n: int, supports) -> dict:
 
 
 def _tempered_potential(problem: FitProblem):
-    """``U(u, β[, w])``: negative log joint in unconstrained space with likelihood power β.
+    """``U(u, β[, w, t_max])``: negative log joint in unconstrained space with likelihood power β.
 
     ``w`` (ms), when given, smooths model and observed ECG in time before the likelihood
-    (``cdt_model``'s ``smooth_ms``: a search device, see :func:`find_map`).
+    (``cdt_model``'s ``smooth_ms``: a search device, see :func:`find_map`). ``t_max`` (ms),
+    when given, replaces the PMJ time prior's upper bound (``cdt_model``'s ``t_max_ms``), so
+    that the same compiled search serves both bounds of :func:`select_time_prior`.
     """
     def build():
         args, kwargs = problem.model_args()
 
-        def u_fn(u, beta, smooth_ms=None):
-            return potential_energy(cdt_model, args, {**kwargs, "temper": beta, "smooth_ms": smooth_ms}, u)
+        def u_fn(u, beta, smooth_ms=None, t_max_ms=None):
+            kw = {**kwargs, "temper": beta, "smooth_ms": smooth_ms, "t_max_ms": t_max_ms}
+            return potential_energy(cdt_model, args, kw, u)
 
         return u_fn
 
     return _memo(problem, ("tempered",), build)
 
 
-def _adam(u_fn, u0, steps: int, lr, anneal: float = 0.6, beta0: float = 0.02, smooth_ms: float = 0.0):
+def _adam(u_fn, u0, steps: int, lr, anneal: float = 0.6, beta0: float = 0.02, smooth_ms: float = 0.0,
+          t_max_ms: float | None = None):
     """Adam with cosine step decay and likelihood annealing, on a batch of starts.
 
     The likelihood power rises geometrically from ``beta0`` to 1 over the first
@@ -413,21 +417,29 @@ def _adam(u_fn, u0, steps: int, lr, anneal: float = 0.6, beta0: float = 0.02, sm
     the width falling linearly from ``smooth_ms`` to 0 over the same steps (coarse to
     fine); the returned losses are always the unsmoothed potential at β = 1.
     ``lr`` is a float or a dict of per-site step sizes (same keys as ``u0``).
+    ``t_max_ms`` (given only to a ``u_fn`` of :func:`_tempered_potential`) is passed on as
+    the PMJ time prior's upper bound, a traced argument: one compiled program for every bound.
     """
     rates = lr if isinstance(lr, dict) else jax.tree.map(lambda _: lr, jax.tree.map(lambda x: x[0], u0))
     rates = jax.tree.map(lambda r: jnp.asarray(r, jnp.float32), rates)  # an argument: no recompilation per value
     smooth = smooth_ms > 0
-    run = _memo(u_fn, ("adam", steps, anneal, beta0, smooth), lambda: _adam_program(u_fn, steps, anneal, beta0, smooth))
-    return run(u0, rates, jnp.asarray(smooth_ms, jnp.float32))
+    bound = t_max_ms is not None
+    run = _memo(u_fn, ("adam", steps, anneal, beta0, smooth, bound),
+                lambda: _adam_program(u_fn, steps, anneal, beta0, smooth, bound))
+    return run(u0, rates, jnp.asarray(smooth_ms, jnp.float32), jnp.asarray(t_max_ms if bound else 0.0, jnp.float32))
 
 
-def _adam_program(u_fn, steps: int, anneal: float, beta0: float, smooth: bool = False):
-    """The compiled Adam run of :func:`_adam`: ``(u0 batch, rates, w0) -> (u, loss, trace)``."""
+def _adam_program(u_fn, steps: int, anneal: float, beta0: float, smooth: bool = False, bound: bool = False):
+    """The compiled Adam run of :func:`_adam`: ``(u0 batch, rates, w0, t_max) -> (u, loss, trace)``."""
     b1, b2, eps = 0.9, 0.999, 1e-8
-    vg = jax.value_and_grad(u_fn)
     n_anneal = max(1, int(anneal * steps))
 
-    def one(u, rates, w0):
+    def one(u, rates, w0, tm):
+        def fn(x, beta, w=None):  # the potential, with the time prior's bound when one is given
+            return u_fn(x, beta, w, tm) if bound else (u_fn(x, beta) if w is None else u_fn(x, beta, w))
+
+        vg = jax.value_and_grad(fn)
+
         def step(carry, i):
             u, m, v = carry
             beta = jnp.minimum(1.0, beta0 ** (1.0 - i / n_anneal))
@@ -451,22 +463,28 @@ def _adam_program(u_fn, steps: int, anneal: float, beta0: float, smooth: bool = 
 
         zeros = jax.tree.map(jnp.zeros_like, u)
         (u, _, _), trace = jax.lax.scan(step, (u, zeros, zeros), jnp.arange(steps, dtype=jnp.float32))
-        return u, u_fn(u, 1.0), trace
+        return u, fn(u, 1.0), trace
 
-    return jax.jit(jax.vmap(one, in_axes=(0, None, None)))
+    return jax.jit(jax.vmap(one, in_axes=(0, None, None, None)))
 
 
-def _screen(u_fn, u: dict, keep: int, batch: int = 8) -> dict:
+def _screen(u_fn, u: dict, keep: int, batch: int = 8, t_max_ms: float | None = None) -> dict:
     """Evaluate the potential on many prior draws; keep the ``keep`` best.
 
     ``lax.map`` in small batches: a wide ``vmap`` would gather ``batch × n_pmj ×
     neighbours × n_nodes`` residual rows at once (gigabytes), for no gain on a CPU.
+    ``t_max_ms``: as in :func:`_adam` (a traced bound of the PMJ time prior).
     """
-    def build():
-        return jax.jit(lambda x: jax.lax.map(lambda y: u_fn(y, 1.0), x, batch_size=batch))
+    bound = t_max_ms is not None
 
-    f = _memo(u_fn, ("screen", batch), build)
-    vals = np.asarray(f(u))
+    def build():
+        def one(y, tm):
+            return u_fn(y, 1.0, None, tm) if bound else u_fn(y, 1.0)
+
+        return jax.jit(lambda x, tm: jax.lax.map(lambda y: one(y, tm), x, batch_size=batch))
+
+    f = _memo(u_fn, ("screen", batch, bound), build)
+    vals = np.asarray(f(u, jnp.asarray(t_max_ms if bound else 0.0, jnp.float32)))
     vals = np.where(np.isfinite(vals), vals, np.inf)
     best = np.argsort(vals)[:keep]
     return jax.tree.map(lambda x: x[best], u)
@@ -505,6 +523,7 @@ def find_map(
     search_log: list | None = None,
     smooth_ms: float = SEARCH_SMOOTH_MS,
     initial: tuple | None = None,
+    t_max_ms: float | None = None,
 ):
     """Multi-start MAP in the unconstrained space (Adam, the Geodesic-BP baseline).
 
@@ -527,7 +546,11 @@ def find_map(
     barriers between basins by small steps. No new round starts after ``search_deadline``
     (a ``time.time()`` value). ``search_log``, a list, receives the best loss before the
     rounds and after each round run. ``initial``, the ``(starts, losses)`` of an earlier
-    call on the same problem with ``search_rounds=0``, skips the multi-start.
+    call on the same problem with ``search_rounds=0``, skips the multi-start. ``t_max_ms``
+    (ms) searches under the PMJ time prior ``Uniform(0, t_max_ms)`` instead of the spec's,
+    with the same compiled programs (a traced bound; :func:`select_time_prior`); the starts
+    and losses are then those of the problem with that bound, while the returned
+    ``potential_fn`` and ``postprocess_fn`` stay the problem's own.
 
     Returns
     -------
@@ -543,13 +566,15 @@ def find_map(
     # other sites move the same fraction of their prior spread per step.
     spread = {k: float(np.std(np.asarray(v))) + 1e-3 for k, v in u0.items()}
     rates = {k: lr * spread[k] / spread["pmj_xyz_mm"] for k in u0}
+    # the time prior's bound, a traced argument of the search programs (one compilation for any bound)
+    t_max = float(problem.spec.t_max_ms if t_max_ms is None else t_max_ms)
     if initial is not None:
         u, loss = initial
     else:
         with progress_bar(total=2, desc=f"MAP ({n_starts} starts x {steps} Adam steps)", disable=not progress) as bar:
-            u0 = _screen(u_fn, u0, n_starts)
+            u0 = _screen(u_fn, u0, n_starts, t_max_ms=t_max)
             bar.update(1)
-            u, loss, _ = _adam(u_fn, u0, steps, rates, smooth_ms=smooth_ms)
+            u, loss, _ = _adam(u_fn, u0, steps, rates, smooth_ms=smooth_ms, t_max_ms=t_max)
             loss = np.asarray(loss)
             bar.update(1)
         loss = np.where(np.isfinite(loss), loss, np.inf)
@@ -560,14 +585,14 @@ def find_map(
         u, loss = _basin_hops(
             problem, u_fn, u, loss, rates, jax.random.fold_in(key, 1), supports,
             search_rounds, search_pmjs, search_steps, progress, search_deadline, search_log,
-            smooth_ms=HOP_SMOOTH_FRACTION * smooth_ms,
+            smooth_ms=HOP_SMOOTH_FRACTION * smooth_ms, t_max_ms=t_max,
         )
     return u, loss, potential_fn, postprocess_fn, supports
 
 
 def _basin_hops(
     problem, u_fn, u, loss, rates, key, supports, rounds: int, n_redraw: int, steps: int, progress: bool,
-    deadline: float | None = None, log: list | None = None, smooth_ms: float = 0.0,
+    deadline: float | None = None, log: list | None = None, smooth_ms: float = 0.0, t_max_ms: float | None = None,
 ):
     """Basin hopping from the best optimum: re-draw a few PMJs, re-optimise, keep the best.
 
@@ -575,7 +600,8 @@ def _basin_hops(
     best of all optima seen, best first. Proposals re-draw ``n_redraw`` PMJs (position and
     time, from prior draws) of the best optimum, at most half of them; the other sites
     keep their values. ``log`` (a list) gets the best loss first and after every round.
-    ``smooth_ms``: the misfit smoothing at the start of each re-optimisation (see :func:`_adam`).
+    ``smooth_ms``: the misfit smoothing at the start of each re-optimisation; ``t_max_ms``: the
+    PMJ time prior's bound (both as in :func:`_adam`).
     """
     n = int(loss.shape[0])
     k_pmj = problem.spec.n_pmj
@@ -602,7 +628,8 @@ def _basin_hops(
                     sel = mask.reshape(mask.shape + (1,) * (v.ndim - 2))
                     base = np.where(sel, np.asarray(fresh[name]), base)
                 prop[name] = jnp.asarray(base, v.dtype)
-            u_new, l_new, _ = _adam(u_fn, prop, steps, rates, anneal=0.5, beta0=0.2, smooth_ms=smooth_ms)
+            u_new, l_new, _ = _adam(u_fn, prop, steps, rates, anneal=0.5, beta0=0.2, smooth_ms=smooth_ms,
+                                    t_max_ms=t_max_ms)
             l_new = np.asarray(l_new)
             l_new = np.where(np.isfinite(l_new), l_new, np.inf)
             both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), u, u_new)
@@ -1181,8 +1208,9 @@ def select_time_prior(problem: FitProblem, key, n_starts: int = 8, steps: int = 
     wide = _memo(problem, ("wide time prior", window), build_wide)
     out = {}
     for name, prob in (("spec", problem), ("window", wide)):
-        u, loss, *_ = find_map(prob, key, n_starts=n_starts, steps=steps, lr=lr, progress=progress,
-                               search_rounds=0, smooth_ms=smooth_ms)
+        # both searches run on the given problem's compiled programs, the bound a traced argument
+        u, loss, *_ = find_map(problem, key, n_starts=n_starts, steps=steps, lr=lr, progress=progress,
+                               search_rounds=0, smooth_ms=smooth_ms, t_max_ms=prob.spec.t_max_ms)
         out[name] = (prob, (u, loss))
     best = {k: float(v[1][1][0]) for k, v in out.items()}
     chosen = "window" if best["window"] < best["spec"] else "spec"

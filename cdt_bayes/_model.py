@@ -965,7 +965,7 @@ def time_smoother(times, width_ms):
     return s / jnp.sum(s, axis=1, keepdims=True)
 
 
-def cdt_model(data: ModelData, spec: ModelSpec, obs=None, temper=1.0, smooth_ms=None):
+def cdt_model(data: ModelData, spec: ModelSpec, obs=None, temper=1.0, smooth_ms=None, t_max_ms=None):
     """NumPyro model: PMJs, velocities, gain, shift, noise → ECG.
 
     Parameters
@@ -984,6 +984,10 @@ def cdt_model(data: ModelData, spec: ModelSpec, obs=None, temper=1.0, smooth_ms=
         ``w`` of a few ms, a deflection that is a few ms early or late costs gradually
         instead of trapping the optimiser in a wrong basin (the coarse-to-fine misfit of
         waveform inversion); ``w`` → 0 recovers the model exactly.
+    t_max_ms : float or None
+        ``None``: the PMJ time prior is ``Uniform(0, spec.t_max_ms)``. A value (ms; may be
+        traced) replaces that upper bound, so that one compiled program serves several
+        bounds (the choice of ``[pmj] t_max_select``, :func:`cdt_bayes.select_time_prior`).
     """
     if spec.baseline == "auto":
         raise SpecError(
@@ -993,7 +997,7 @@ def cdt_model(data: ModelData, spec: ModelSpec, obs=None, temper=1.0, smooth_ms=
     with numpyro.plate("pmj", spec.n_pmj):
         prior = LayerPrior(data.prior_sites, spec.prior_kernel_mm, data.prior_group, data.pmj_group)
         z = numpyro.sample("pmj_xyz_mm", prior)
-        t = numpyro.sample("pmj_t_ms", dist.Uniform(0.0, spec.t_max_ms))
+        t = numpyro.sample("pmj_t_ms", dist.Uniform(0.0, spec.t_max_ms if t_max_ms is None else t_max_ms))
     if spec.infer_scale:
         scale = numpyro.sample("cv_scale", dist.LogNormal(0.0, spec.scale_log_sd))
     else:

@@ -31,6 +31,14 @@ def test_time_prior_selection_keeps_the_better_prior():
     # the wider problem is built once: a second selection reuses it (and its compiled programs)
     again = select_time_prior(prob, jax.random.key(0), n_starts=4, steps=200)
     assert again[0] is chosen and again[2]["chosen"] == rec["chosen"]
+    # both searches ran one compiled Adam program of the given problem, the bound a traced
+    # argument; nothing was compiled for the wider problem
+    from cdt_bayes._inference import _tempered_potential
+
+    wide = vars(prob)["_cdt_compiled"][("wide time prior", window)]
+    assert "_cdt_compiled" not in vars(wide)
+    programs = vars(_tempered_potential(prob))["_cdt_compiled"]
+    assert [k for k in programs if k[0] == "adam"] == [("adam", 200, 0.6, 0.02, False, True)]
     # each candidate's value is its own multi-start's best
     import dataclasses
 
