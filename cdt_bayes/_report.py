@@ -745,6 +745,31 @@ def _fmt_seconds(x: float) -> str:
     return f"{x:.0f} s ({x / 3600:.1f} h)"
 
 
+def _time_prior_text(tp: dict) -> str:
+    """The PMJ start-time prior in words (``summary.json`` ``pmj_time_prior``), or ``""``."""
+    sel = tp.get("selection") or {}
+    bounds, nl = sel.get("t_max_ms") or {}, sel.get("neg_log_joint") or {}
+    if sel.get("chosen") in ("spec", "window") and {"spec", "window"} <= set(bounds) and {"spec", "window"} <= set(nl):
+        gap = abs(_num(nl["spec"]) - _num(nl["window"]))
+        spec_b, win_b = _num(bounds["spec"]), _num(bounds["window"])
+        if sel["chosen"] == "window":
+            return (
+                f"uniform over 0–{win_b:.0f} ms, the whole ECG window, chosen over 0–{spec_b:.0f} ms: its best fit "
+                f"was {gap:.0f} nats more probable (PMJs the ECG does not need may then start late, anywhere)"
+            )
+        return (
+            f"uniform over 0–{spec_b:.0f} ms, kept over 0–{win_b:.0f} ms (the whole ECG window), "
+            f"whose best fit was {gap:.0f} nats less probable"
+        )
+    t_max = _num(tp.get("t_max_ms"))
+    if not math.isfinite(t_max):
+        return ""
+    txt = f"uniform over 0–{t_max:.0f} ms"
+    if tp.get("extended"):
+        txt += f" (raised by the QRS onset, {_num(tp.get('qrs_onset_ms')):.0f} ms into the window)"
+    return txt
+
+
 def _case_section(fit: FitData, summary_text: str) -> _Section:
     s = fit.summary
     sec = _Section("case", "1. The case")
@@ -782,6 +807,9 @@ def _case_section(fit: FitData, summary_text: str) -> _Section:
             why = "it starts or ends off zero" if bl.get("off_zero") else "it starts and ends near zero"
             what += f" (chosen from the ECG: {why})"
         rows.append(("ECG baseline fitted", what))
+    tp = _time_prior_text(s.get("pmj_time_prior") or {})
+    if tp:
+        rows.append(("prior on PMJ start times", tp))
     search = []
     if s.get("map_search_smooth_ms"):
         search.append(

@@ -27,6 +27,7 @@ from cdt_bayes import _plots as P
 from cdt_bayes import _summaries as S
 from cdt_bayes._errors import CdtBayesError
 from cdt_bayes._report import (
+    _time_prior_text,
     load_fit_dir,
     plain_summary,
     report_command,
@@ -147,6 +148,9 @@ def make_fit_dir(
         "ecg_baseline": {"term": "linear", "source": "auto", "off_zero": True, "max_level_rel": 0.1},
         "map_search_rounds": 6,
         "map_search_smooth_ms": 4.0,
+        "pmj_time_prior": {"qrs_onset_ms": 0.0, "t_max_ms": 40.0, "extended": False,
+                           "selection": {"t_max_ms": {"spec": 40.0, "window": 139.0},
+                                         "neg_log_joint": {"spec": -2300.0, "window": -2049.0}, "chosen": "spec"}},
         "forward_error": {"rms_ms": 1.23, "max_ms": 4.0, "mean_bias_ms": 0.4, "n_draws": 24, "seconds": 1.0,
                           "in_intervals": True},
         "stage_seconds": {"search": 95.0, "laplace": 5.2, "sampling": 519.0},
@@ -285,6 +289,7 @@ def test_html_has_sections_lights_and_numbers(nuts_report):
     assert "Summary in plain language" in text
     assert "a level and a ramp per lead (chosen from the ECG: it starts or ends off zero)" in text
     assert "6 rounds of basin hopping" in text and "smoothed over ~4 ms" in text
+    assert "uniform over 0–40 ms, kept over 0–139 ms (the whole ECG window), whose best fit was 251 nats" in text
     assert "620 s (10.3 min); search for the best fit 95 s, curvature at the optima 5.2 s, NUTS sampling 519 s" in text
     assert "Not a diagnosis" in text and "research" in text
     assert "PMJs that activate some tissue (median, 90% of draws)" in text and "2 of 3 (1–3)" in text
@@ -602,3 +607,21 @@ def test_chromium_renders_report(nuts_report, tmp_path):
     assert nonwhite > 0.05, nonwhite  # text, tables and figures, not a blank page
     colourful = (img.max(-1) - img.min(-1) > 0.3).mean()
     assert colourful > 0.01, colourful  # the coloured maps were drawn
+
+
+@pytest.mark.parametrize(
+    "tp, expected",
+    [
+        ({}, ""),
+        ({"qrs_onset_ms": 0.0, "t_max_ms": 40.0, "extended": False}, "uniform over 0–40 ms"),
+        ({"qrs_onset_ms": 33.0, "t_max_ms": 73.0, "extended": True},
+         "uniform over 0–73 ms (raised by the QRS onset, 33 ms into the window)"),
+        ({"t_max_ms": 153.0, "selection": {"t_max_ms": {"spec": 40.0, "window": 153.0},
+                                           "neg_log_joint": {"spec": -1200.0, "window": -2450.4}, "chosen": "window"}},
+         "uniform over 0–153 ms, the whole ECG window, chosen over 0–40 ms: its best fit was 1250 nats more probable"),
+    ],
+)
+def test_time_prior_in_words(tp, expected):
+    """The report's row on the PMJ start-time prior: the bound, a lead-in, and the choice with its margin."""
+    text = _time_prior_text(tp)
+    assert text.startswith(expected) and (expected or not text)
