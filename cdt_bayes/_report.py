@@ -758,16 +758,20 @@ def _time_prior_text(tp: dict) -> str:
                 f"was {gap:.0f} nats more probable (PMJs the ECG does not need may then start late, anywhere)"
             )
         return (
-            f"uniform over 0–{spec_b:.0f} ms, kept over 0–{win_b:.0f} ms (the whole ECG window), "
+            f"uniform over 0–{spec_b:.0f} ms{_lead_in_text(tp)}, kept over 0–{win_b:.0f} ms (the whole ECG window), "
             f"whose best fit was {gap:.0f} nats less probable"
         )
     t_max = _num(tp.get("t_max_ms"))
     if not math.isfinite(t_max):
         return ""
-    txt = f"uniform over 0–{t_max:.0f} ms"
-    if tp.get("extended"):
-        txt += f" (raised by the QRS onset, {_num(tp.get('qrs_onset_ms')):.0f} ms into the window)"
-    return txt
+    return f"uniform over 0–{t_max:.0f} ms{_lead_in_text(tp)}"
+
+
+def _lead_in_text(tp: dict) -> str:
+    """`` (raised by the QRS onset, … ms into the window)`` when a lead-in raised the bound, else ``""``."""
+    if not tp.get("extended"):
+        return ""
+    return f" (raised by the QRS onset, {_num(tp.get('qrs_onset_ms')):.0f} ms into the window)"
 
 
 def _case_section(fit: FitData, summary_text: str) -> _Section:

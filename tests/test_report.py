@@ -619,6 +619,11 @@ def test_chromium_renders_report(nuts_report, tmp_path):
         ({"t_max_ms": 153.0, "selection": {"t_max_ms": {"spec": 40.0, "window": 153.0},
                                            "neg_log_joint": {"spec": -1200.0, "window": -2450.4}, "chosen": "window"}},
          "uniform over 0–153 ms, the whole ECG window, chosen over 0–40 ms: its best fit was 1250 nats more probable"),
+        ({"qrs_onset_ms": 33.0, "t_max_ms": 73.0, "extended": True,
+          "selection": {"t_max_ms": {"spec": 73.0, "window": 160.0}, "neg_log_joint": {"spec": -900.0, "window": -880.0},
+                        "chosen": "spec"}},
+         "uniform over 0–73 ms (raised by the QRS onset, 33 ms into the window), kept over 0–160 ms (the whole ECG "
+         "window), whose best fit was 20 nats less probable"),
     ],
 )
 def test_time_prior_in_words(tp, expected):
