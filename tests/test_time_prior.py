@@ -31,26 +31,28 @@ def test_time_prior_selection_keeps_the_better_prior():
     # the wider problem is built once: a second selection reuses it (and its compiled programs)
     again = select_time_prior(prob, jax.random.key(0), n_starts=4, steps=200)
     assert again[0] is chosen and again[2]["chosen"] == rec["chosen"]
-    # both searches ran one compiled Adam program of the given problem, the bound a traced
-    # argument; nothing was compiled for the wider problem
-    from cdt_bayes._inference import _tempered_potential
+    # both searches ran the given problem's compiled Adam programs, the bound a traced argument
+    # (the window's with its misfit smoothed); nothing was compiled for the wider problem
+    from cdt_bayes._inference import WIDE_SEARCH_SMOOTH_MS, _tempered_potential
 
     wide = vars(prob)["_cdt_compiled"][("wide time prior", window)]
     assert "_cdt_compiled" not in vars(wide)
     programs = vars(_tempered_potential(prob))["_cdt_compiled"]
-    assert [k for k in programs if k[0] == "adam"] == [("adam", 200, 0.6, 0.02, False, True)]
-    # each candidate's value is its own multi-start's best
+    assert {k for k in programs if k[0] == "adam"} == {("adam", 200, 0.6, 0.02, s, True) for s in (False, True)}
+    # each candidate's value is its own multi-start's best, the window's search smoothed
     import dataclasses
 
+    smooth = {"spec": 0.0, "window": WIDE_SEARCH_SMOOTH_MS}
     for name, tm in rec["t_max_ms"].items():
         alt = dataclasses.replace(prob, spec=prob.spec.replace(t_max_ms=tm))
-        _, losses, *_ = find_map(alt, jax.random.key(0), n_starts=4, steps=200, progress=False)
+        _, losses, *_ = find_map(alt, jax.random.key(0), n_starts=4, steps=200, progress=False, smooth_ms=smooth[name])
         assert losses[0] == pytest.approx(nl[name], rel=1e-5)
     res = fit(prob, "map", n_starts=4, map_steps=200, seed=0, progress=False)
     assert res.time_prior["chosen"] == rec["chosen"] and (res.problem is None) == (rec["chosen"] == "spec")
     _, ex = to_inference_data(prob, res, n_prior=10, forward_error_draws=0)
     _, summ, _ = summarise(prob, res, ex)
     assert summ["pmj_time_prior"]["selection"]["chosen"] == rec["chosen"]
+    assert summ["map_search_smooth_ms"] == smooth[rec["chosen"]]  # the smoothing the kept search used
     # a window no longer than t_max_ms, or the setting off: nothing to choose
     off = build_problem(mesh, tt, names, noisy, el, load_spec("default", t_max_select=False, **kw), progress=False)
     assert select_time_prior(off, jax.random.key(0))[2] is None
@@ -87,5 +89,6 @@ def test_time_prior_widened_for_a_slow_few_site_activation():
     sel = summ["pmj_time_prior"]["selection"]
     assert sel["chosen"] == "window", sel
     assert sel["neg_log_joint"]["window"] < sel["neg_log_joint"]["spec"] - 100, sel
+    assert summ["map_search_smooth_ms"] == 4.0  # the window prior's search is smoothed (WIDE_SEARCH_SMOOTH_MS)
     rmse = float(np.sqrt(np.mean((node["mean"] - truth) ** 2)))
     assert np.corrcoef(node["mean"], truth)[0, 1] > 0.9 and rmse < 10.0, rmse
