@@ -518,6 +518,14 @@ def wide_search_smooth(smooth_ms: float) -> float:
     """The misfit smoothing (ms) of a search under the window's time prior: at least :data:`WIDE_SEARCH_SMOOTH_MS`."""
     return max(float(smooth_ms), WIDE_SEARCH_SMOOTH_MS)
 
+#: :func:`select_time_prior` calls a choice between the two time priors close (nats of log
+#: joint between their best multi-start optima) below this: both then hop before it. On the
+#: 3-site case four hop rounds raised a prior's best optimum by 16–106 nats, enough to reverse
+#: a lead of 44 nats (seed 1: the spec's −545 against the window's −502 became −561 against
+#: −607, the true basin); on the benchmark case the spec's prior leads by 90–121 nats, and its
+#: fits pay nothing (benchmarks/RESULTS.md, Session 23).
+TIME_PRIOR_CLOSE_NATS = 75.0
+
 #: Basin hops start from a good optimum: their smoothing starts at this fraction of it.
 HOP_SMOOTH_FRACTION = 0.4
 
@@ -1187,7 +1195,8 @@ class FitResult:
 
 
 def select_time_prior(problem: FitProblem, key, n_starts: int = 8, steps: int = 400, lr: float = 0.75,
-                      smooth_ms: float = SEARCH_SMOOTH_MS, progress: bool = False):
+                      smooth_ms: float = SEARCH_SMOOTH_MS, progress: bool = False, search_rounds: int = 0,
+                      search_deadline: float | None = None, search_log: list | None = None):
     """Choose the PMJ time prior's upper bound between the spec's and the ECG window's length.
 
     Under ``Uniform(0, t_max_ms)`` with a short ``t_max_ms`` (40 ms by default), a PMJ the
@@ -1201,14 +1210,24 @@ def select_time_prior(problem: FitProblem, key, n_starts: int = 8, steps: int = 
     window's prior smooths its misfit at first by at least :data:`WIDE_SEARCH_SMOOTH_MS`
     (:func:`wide_search_smooth`; the losses compared are unsmoothed).
 
+    A close call is decided after the basin hops: when ``search_rounds > 0`` and the two
+    best optima lie within :data:`TIME_PRIOR_CLOSE_NATS`, both searches run their
+    ``search_rounds`` rounds of basin hopping (:func:`find_map`; no new round after
+    ``search_deadline``) before the choice. Multi-start optima stop far below the basins that
+    hops reach, so a small lead after the multi-start says little about which prior explains
+    the ECG better (benchmarks/RESULTS.md, Session 23). ``search_log`` then receives the
+    chosen search's hop log.
+
     Returns
     -------
     problem : FitProblem (``problem`` itself, or its copy with the wider prior, built once
         per problem so that a later fit reuses its compiled programs)
-    initial : (starts, losses) of the chosen problem's multi-start, for :func:`find_map`
+    initial : (starts, losses) of the chosen problem's search (multi-start, and hops when
+        both hopped), for :func:`find_map`
     record : dict or None (``None`` when the window is not longer than ``t_max_ms``):
         ``t_max_ms`` of both candidates, their best ``neg_log_joint`` and ``chosen``
-        (``"spec"`` or ``"window"``)
+        (``"spec"`` or ``"window"``); ``multi_start_neg_log_joint`` (before any hop) and
+        ``hop_rounds``, the rounds each candidate ran before the choice (0: none)
     """
     spec = problem.spec
     window = float(problem.data.times[-1] - problem.data.times[0])
@@ -1229,13 +1248,31 @@ def select_time_prior(problem: FitProblem, key, n_starts: int = 8, steps: int = 
         u, loss, *_ = find_map(problem, key, n_starts=n_starts, steps=steps, lr=lr, progress=progress,
                                search_rounds=0, smooth_ms=sm, t_max_ms=prob.spec.t_max_ms)
         out[name] = (prob, (u, loss))
+    first = {k: float(v[1][1][0]) for k, v in out.items()}
+    hop_rounds = 0
+    logs: dict[str, list] = {}
+    if search_rounds > 0 and abs(first["spec"] - first["window"]) < TIME_PRIOR_CLOSE_NATS:
+        for name, (prob, initial) in list(out.items()):
+            sm = wide_search_smooth(smooth_ms) if name == "window" else smooth_ms
+            logs[name] = []
+            u, loss, *_ = find_map(problem, key, n_starts=n_starts, steps=steps, lr=lr, progress=progress,
+                                   search_rounds=search_rounds, search_deadline=search_deadline,
+                                   search_log=logs[name], smooth_ms=sm, t_max_ms=prob.spec.t_max_ms,
+                                   initial=initial)
+            out[name] = (prob, (u, loss))
     best = {k: float(v[1][1][0]) for k, v in out.items()}
     chosen = "window" if best["window"] < best["spec"] else "spec"
+    if logs:  # the rounds the chosen search ran (fewer than asked when the deadline came)
+        hop_rounds = len(logs[chosen]) - 1
     record = {
         "t_max_ms": {"spec": float(spec.t_max_ms), "window": window},
         "neg_log_joint": best,
+        "multi_start_neg_log_joint": first,
+        "hop_rounds": hop_rounds,
         "chosen": chosen,
     }
+    if search_log is not None and hop_rounds > 0:
+        search_log.extend(logs[chosen])
     prob, initial = out[chosen]
     return prob, initial, record
 
@@ -1337,16 +1374,18 @@ def fit(
     search_log: list[float] = []
     given = problem
     search_smooth_ms = float(search_smooth_ms)
+    search_deadline = None if deadline is None else t0 + 0.25 * time_budget_s
     problem, initial, prior_choice = select_time_prior(
         problem, k_map, n_starts=n_starts, steps=map_steps, lr=map_lr, smooth_ms=search_smooth_ms,
-        progress=progress,
+        progress=progress, search_rounds=search_rounds, search_deadline=search_deadline, search_log=search_log,
     )
     if problem is not given:  # the window's time prior won: its search goes on as it started
         search_smooth_ms = wide_search_smooth(search_smooth_ms)
+    hopped = prior_choice is not None and prior_choice["hop_rounds"] > 0  # a close call: both searches hopped
     u, losses, potential_fn, postprocess_fn, _ = find_map(
         problem, k_map, n_starts=n_starts, steps=map_steps, lr=map_lr, progress=progress,
-        search_rounds=search_rounds,
-        search_deadline=None if deadline is None else t0 + 0.25 * time_budget_s,
+        search_rounds=0 if hopped else search_rounds,
+        search_deadline=search_deadline,
         search_log=search_log,
         smooth_ms=search_smooth_ms,
         initial=initial,
@@ -1359,9 +1398,17 @@ def fit(
         if prior_choice["chosen"] == "window":
             notes.append(
                 f"PMJ initiation times were given the prior Uniform(0, {tm['window']:.0f}) ms, the ECG window's "
-                f"length, instead of Uniform(0, {tm['spec']:.0f}) ms: its multi-start MAP reached a log joint "
+                f"length, instead of Uniform(0, {tm['spec']:.0f}) ms: its {'search' if hopped else 'multi-start MAP'} "
+                f"reached a log joint "
                 f"{gap:.0f} nats higher. PMJs the ECG does not need can then start after the wave reaches them, "
                 "anywhere (few activation sites, or slow conduction); [pmj] t_max_select = false keeps the spec's"
+            )
+        if prior_choice["hop_rounds"] > 0:
+            ms = prior_choice["multi_start_neg_log_joint"]
+            notes.append(
+                f"the PMJ time prior was a close call after the multi-start MAP (log joints {-ms['spec']:.0f} under "
+                f"Uniform(0, {tm['spec']:.0f}) ms, {-ms['window']:.0f} under Uniform(0, {tm['window']:.0f}) ms), so "
+                f"both searches ran the basin hops before the choice ({-nl['spec']:.0f} and {-nl['window']:.0f} after)"
             )
     rounds_run = max(len(search_log) - 1, 0)
     if search_rounds > 0:

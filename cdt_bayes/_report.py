@@ -752,14 +752,17 @@ def _time_prior_text(tp: dict) -> str:
     if sel.get("chosen") in ("spec", "window") and {"spec", "window"} <= set(bounds) and {"spec", "window"} <= set(nl):
         gap = abs(_num(nl["spec"]) - _num(nl["window"]))
         spec_b, win_b = _num(bounds["spec"]), _num(bounds["window"])
+        h = _num(sel.get("hop_rounds"), 0.0)
+        hops = int(h) if math.isfinite(h) else 0
+        close = f"; a close call, decided after {hops} rounds of basin hops under each" if hops > 0 else ""
         if sel["chosen"] == "window":
             return (
                 f"uniform over 0–{win_b:.0f} ms, the whole ECG window, chosen over 0–{spec_b:.0f} ms: its best fit "
-                f"was {gap:.0f} nats more probable (PMJs the ECG does not need may then start late, anywhere)"
+                f"was {gap:.0f} nats more probable (PMJs the ECG does not need may then start late, anywhere){close}"
             )
         return (
             f"uniform over 0–{spec_b:.0f} ms{_lead_in_text(tp)}, kept over 0–{win_b:.0f} ms (the whole ECG window), "
-            f"whose best fit was {gap:.0f} nats less probable"
+            f"whose best fit was {gap:.0f} nats less probable{close}"
         )
     t_max = _num(tp.get("t_max_ms"))
     if not math.isfinite(t_max):

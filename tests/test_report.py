@@ -624,6 +624,11 @@ def test_chromium_renders_report(nuts_report, tmp_path):
                         "chosen": "spec"}},
          "uniform over 0–73 ms (raised by the QRS onset, 33 ms into the window), kept over 0–160 ms (the whole ECG "
          "window), whose best fit was 20 nats less probable"),
+        ({"t_max_ms": 40.0, "selection": {"t_max_ms": {"spec": 40.0, "window": 150.0}, "hop_rounds": 4,
+                                          "neg_log_joint": {"spec": -561.3, "window": -607.2}, "chosen": "window"}},
+         "uniform over 0–150 ms, the whole ECG window, chosen over 0–40 ms: its best fit was 46 nats more probable "
+         "(PMJs the ECG does not need may then start late, anywhere); a close call, decided after 4 rounds of basin "
+         "hops under each"),
     ],
 )
 def test_time_prior_in_words(tp, expected):

@@ -62,6 +62,45 @@ def test_time_prior_selection_keeps_the_better_prior():
     assert fit(off, "map", n_starts=2, map_steps=50, progress=False).problem is None
 
 
+def test_a_close_call_is_decided_after_both_searches_hop(monkeypatch):
+    """When the two priors' best multi-start optima lie within TIME_PRIOR_CLOSE_NATS and hops
+    are asked for, both searches hop before the choice; each value is then its own find_map
+    with the hops, and fit goes on from the chosen one without hopping again."""
+    import dataclasses
+
+    import cdt_bayes._inference as inf
+    from cdt_bayes._inference import select_time_prior
+
+    mesh, el, t_act, tt, names, noisy, _ = synthetic(pmj_nodes=(0,), times=(0.0,))
+    kw = dict(n_pmj=3, site_spacing_mm=3.0, kernel_mm=2.0, layer_depth_mm=3.5, t_max_ms=2.0)
+    prob = build_problem(mesh, tt, names, noisy, el, load_spec("default", **kw), progress=False)
+    key = jax.random.key(0)
+    opts = dict(n_starts=4, steps=200)
+    plain = select_time_prior(prob, key, **opts)[2]  # no rounds asked: no hops, however close
+    assert plain["hop_rounds"] == 0 and plain["neg_log_joint"] == plain["multi_start_neg_log_joint"]
+    monkeypatch.setattr(inf, "TIME_PRIOR_CLOSE_NATS", 0.0)  # never a close call
+    far = select_time_prior(prob, key, search_rounds=1, **opts)[2]
+    assert far["hop_rounds"] == 0 and far["neg_log_joint"] == plain["neg_log_joint"]
+    monkeypatch.setattr(inf, "TIME_PRIOR_CLOSE_NATS", float("inf"))  # always one
+    log: list = []
+    _, (u, loss), rec = select_time_prior(prob, key, search_rounds=1, search_log=log, **opts)
+    nl, ms = rec["neg_log_joint"], rec["multi_start_neg_log_joint"]
+    assert rec["hop_rounds"] == 1 and ms == plain["neg_log_joint"]
+    assert rec["chosen"] == min(nl, key=nl.get) and loss[0] == pytest.approx(nl[rec["chosen"]])
+    assert log == pytest.approx([ms[rec["chosen"]], nl[rec["chosen"]]])  # the chosen search's hop log
+    smooth = {"spec": 0.0, "window": inf.WIDE_SEARCH_SMOOTH_MS}
+    for name, tm in rec["t_max_ms"].items():
+        assert nl[name] <= ms[name] + 1e-3  # hops keep the best optimum
+        alt = dataclasses.replace(prob, spec=prob.spec.replace(t_max_ms=tm))
+        _, losses, *_ = find_map(alt, key, progress=False, smooth_ms=smooth[name], search_rounds=1, **opts)
+        assert losses[0] == pytest.approx(nl[name], rel=1e-5)
+    res = fit(prob, "map", n_starts=4, map_steps=200, search_rounds=1, seed=0, progress=False)
+    tp = res.time_prior
+    assert tp["hop_rounds"] == 1 and res.map_losses[0] == pytest.approx(tp["neg_log_joint"][tp["chosen"]])
+    assert any("close call" in n for n in res.notes), res.notes
+    assert any("basin hopping: 1 of 1 rounds" in n for n in res.notes), res.notes
+
+
 @pytest.mark.slow
 def test_time_prior_widened_for_a_slow_few_site_activation():
     """Three sites on the default heart, noise-free ECG, 20 PMJs: under Uniform(0, 40 ms) the
