@@ -1213,7 +1213,8 @@ def select_time_prior(problem: FitProblem, key, n_starts: int = 8, steps: int = 
     A close call is decided after the basin hops: when ``search_rounds > 0`` and the two
     best optima lie within :data:`TIME_PRIOR_CLOSE_NATS`, both searches run their
     ``search_rounds`` rounds of basin hopping (:func:`find_map`; no new round after
-    ``search_deadline``) before the choice. Multi-start optima stop far below the basins that
+    ``search_deadline``, so under a tight time budget the window's search, which hops
+    second, may run fewer rounds) before the choice. Multi-start optima stop far below the basins that
     hops reach, so a small lead after the multi-start says little about which prior explains
     the ECG better (benchmarks/RESULTS.md, Session 23). ``search_log`` then receives the
     chosen search's hop log.
