@@ -1214,9 +1214,9 @@ def select_time_prior(problem: FitProblem, key, n_starts: int = 8, steps: int = 
     best optima lie within :data:`TIME_PRIOR_CLOSE_NATS`, both searches run their
     ``search_rounds`` rounds of basin hopping (:func:`find_map`; no new round after
     ``search_deadline``, so under a tight time budget the window's search, which hops
-    second, may run fewer rounds) before the choice. Multi-start optima stop far below the basins that
-    hops reach, so a small lead after the multi-start says little about which prior explains
-    the ECG better (benchmarks/RESULTS.md, Session 23). ``search_log`` then receives the
+    second, may run fewer rounds) before the choice. Multi-start optima stop far below the
+    basins that hops reach, so a small lead after the multi-start says little about which
+    prior explains the ECG better (benchmarks/RESULTS.md, Session 23). ``search_log`` then receives the
     chosen search's hop log.
 
     Returns
@@ -1243,22 +1243,21 @@ def select_time_prior(problem: FitProblem, key, n_starts: int = 8, steps: int = 
 
     wide = _memo(problem, ("wide time prior", window), build_wide)
     out = {}
+    smooth = {"spec": smooth_ms, "window": wide_search_smooth(smooth_ms)}
     for name, prob in (("spec", problem), ("window", wide)):
         # both searches run on the given problem's compiled programs, the bound a traced argument
-        sm = wide_search_smooth(smooth_ms) if name == "window" else smooth_ms
         u, loss, *_ = find_map(problem, key, n_starts=n_starts, steps=steps, lr=lr, progress=progress,
-                               search_rounds=0, smooth_ms=sm, t_max_ms=prob.spec.t_max_ms)
+                               search_rounds=0, smooth_ms=smooth[name], t_max_ms=prob.spec.t_max_ms)
         out[name] = (prob, (u, loss))
     first = {k: float(v[1][1][0]) for k, v in out.items()}
     hop_rounds = 0
     logs: dict[str, list] = {}
     if search_rounds > 0 and abs(first["spec"] - first["window"]) < TIME_PRIOR_CLOSE_NATS:
         for name, (prob, initial) in list(out.items()):
-            sm = wide_search_smooth(smooth_ms) if name == "window" else smooth_ms
             logs[name] = []
             u, loss, *_ = find_map(problem, key, n_starts=n_starts, steps=steps, lr=lr, progress=progress,
                                    search_rounds=search_rounds, search_deadline=search_deadline,
-                                   search_log=logs[name], smooth_ms=sm, t_max_ms=prob.spec.t_max_ms,
+                                   search_log=logs[name], smooth_ms=smooth[name], t_max_ms=prob.spec.t_max_ms,
                                    initial=initial)
             out[name] = (prob, (u, loss))
     best = {k: float(v[1][1][0]) for k, v in out.items()}
@@ -1400,9 +1399,9 @@ def fit(
             notes.append(
                 f"PMJ initiation times were given the prior Uniform(0, {tm['window']:.0f}) ms, the ECG window's "
                 f"length, instead of Uniform(0, {tm['spec']:.0f}) ms: its {'search' if hopped else 'multi-start MAP'} "
-                f"reached a log joint "
-                f"{gap:.0f} nats higher. PMJs the ECG does not need can then start after the wave reaches them, "
-                "anywhere (few activation sites, or slow conduction); [pmj] t_max_select = false keeps the spec's"
+                f"reached a log joint {gap:.0f} nats higher. PMJs the ECG does not need can then start after the "
+                "wave reaches them, anywhere (few activation sites, or slow conduction); [pmj] t_max_select = false "
+                "keeps the spec's"
             )
         if prior_choice["hop_rounds"] > 0:
             ms = prior_choice["multi_start_neg_log_joint"]
