@@ -49,7 +49,7 @@ def kernel_env(tmp_path_factory):
         # distance dictionaries shared by the notebooks of one session, not the user cache
         "CDT_BAYES_CACHE": str(tmp_path_factory.mktemp("dictionary_cache")),
         "CDT_NB_OUT": str(tmp_path_factory.mktemp("notebook_out")),
-        **(  # this worker's persistent compilation cache (tests/conftest.py)
+        **(  # the run's persistent compilation cache (tests/conftest.py)
             {
                 "JAX_COMPILATION_CACHE_DIR": JAX_CACHE_DIR,
                 "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
